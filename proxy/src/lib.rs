@@ -1,0 +1,3 @@
+//! kproxy, the agent: sources, sync loop, dataplanes and servers.
+
+pub mod ebpf_object;

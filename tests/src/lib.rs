@@ -1,0 +1,3 @@
+//! kproxy test support.
+
+pub mod lab;

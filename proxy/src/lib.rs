@@ -1,3 +1,12 @@
 //! kproxy, the agent: sources, sync loop, dataplanes and servers.
+//!
+//! ```text
+//! source (manifests | kube) ──snapshot──▶ model::build ──ProxyModel/diff──▶ Dataplane ──▶ kernel
+//!                         ▲                                                    │
+//!                         └───────── sync loop (one task owns all state) ◀─────┘
+//! ```
 
-pub mod ebpf_object;
+pub mod source;
+pub mod dataplane;
+pub mod health;
+pub mod sync;

@@ -62,7 +62,12 @@ pub fn build(state: &ClusterState, config: &ModelConfig) -> Built {
         config,
         nodeport_ips: FAMILIES.map(|family| nodeport_ips(config, node.as_ref(), family)),
         cluster_cidrs: FAMILIES.map(|family| {
-            config.cluster_cidrs.iter().copied().filter(|net| net_family(net) == family).collect()
+            config
+                .cluster_cidrs
+                .iter()
+                .copied()
+                .filter(|net| net_family(net) == family)
+                .collect()
         }),
         node,
     };
@@ -72,15 +77,27 @@ pub fn build(state: &ClusterState, config: &ModelConfig) -> Built {
     let mut model = ProxyModel::default();
 
     for (key, svc) in &state.services {
-        let Some((ports, ignored)) = build_service(key, svc, &slices, &ctx, &mut interner, &mut warnings) else {
+        let Some((ports, ignored)) =
+            build_service(key, svc, &slices, &ctx, &mut interner, &mut warnings)
+        else {
             continue;
         };
         if let Err(reason) = claims.claim(key, &ports) {
-            warnings.push(ModelWarning::object_ignored(ObjectKind::Service, key, reason));
+            warnings.push(ModelWarning::object_ignored(
+                ObjectKind::Service,
+                key,
+                reason,
+            ));
             continue;
         }
-        warnings.extend(ignored.into_iter().map(|reason| ModelWarning::value_ignored(ObjectKind::Service, key, reason)));
-        model.ports.extend(ports.into_iter().map(|port| (port.key.clone(), port)));
+        warnings.extend(
+            ignored
+                .into_iter()
+                .map(|reason| ModelWarning::value_ignored(ObjectKind::Service, key, reason)),
+        );
+        model
+            .ports
+            .extend(ports.into_iter().map(|port| (port.key.clone(), port)));
     }
 
     warn_orphan_slices(state, &slices, &mut warnings);
@@ -95,14 +112,20 @@ fn selected(labels: Option<&BTreeMap<String, String>>, config: &ModelConfig) -> 
     }
 }
 
-fn this_node<'a>(state: &'a ClusterState, config: &ModelConfig, warnings: &mut Vec<ModelWarning>) -> Option<ParsedNode<'a>> {
+fn this_node<'a>(
+    state: &'a ClusterState,
+    config: &ModelConfig,
+    warnings: &mut Vec<ModelWarning>,
+) -> Option<ParsedNode<'a>> {
     let node = state.node.as_deref()?;
     let key = ObjectKey::cluster_scoped(node.metadata.name.clone().unwrap_or_default());
     let reason = match node::parse(node) {
         Ok(parsed) if config.node_name.is_empty() || parsed.name == config.node_name => {
             return Some(parsed);
         }
-        Ok(_) => ValidationError::NotThisNode { expected: config.node_name.clone() },
+        Ok(_) => ValidationError::NotThisNode {
+            expected: config.node_name.clone(),
+        },
         Err(reason) => reason,
     };
     warnings.push(ModelWarning::object_ignored(ObjectKind::Node, &key, reason));
@@ -111,9 +134,16 @@ fn this_node<'a>(state: &'a ClusterState, config: &ModelConfig, warnings: &mut V
 
 /// The addresses NodePorts answer on in `family`. Loopback addresses are left out: the
 /// nftables mode of kube-proxy does not support localhost NodePorts either.
-fn nodeport_ips(config: &ModelConfig, node: Option<&ParsedNode<'_>>, family: IpFamily) -> Vec<IpAddr> {
+fn nodeport_ips(
+    config: &ModelConfig,
+    node: Option<&ParsedNode<'_>>,
+    family: IpFamily,
+) -> Vec<IpAddr> {
     match &config.nodeport_addresses {
-        NodePortAddresses::Primary => node.and_then(|node| node.primary_ip(family)).into_iter().collect(),
+        NodePortAddresses::Primary => node
+            .and_then(|node| node.primary_ip(family))
+            .into_iter()
+            .collect(),
         NodePortAddresses::Cidrs(cidrs) => {
             let mut ips: Vec<IpAddr> = config
                 .local_addresses
@@ -138,7 +168,11 @@ fn net_family(net: &IpNet) -> IpFamily {
 
 /// Groups the slices this proxy handles by the Service they belong to. Parsing waits until
 /// the Service is built, so only one Service's parsed slices are alive at a time.
-fn index_slices<'a>(state: &'a ClusterState, config: &ModelConfig, warnings: &mut Vec<ModelWarning>) -> SliceIndex<'a> {
+fn index_slices<'a>(
+    state: &'a ClusterState,
+    config: &ModelConfig,
+    warnings: &mut Vec<ModelWarning>,
+) -> SliceIndex<'a> {
     let mut index = SliceIndex::new();
     for (key, slice) in &state.slices {
         let labels = slice.metadata.labels.as_ref();
@@ -150,8 +184,14 @@ fn index_slices<'a>(state: &'a ClusterState, config: &ModelConfig, warnings: &mu
             debug!(slice = %key, "skipping EndpointSlice of a headless Service");
             continue;
         }
-        match labels.and_then(|labels| labels.get(LABEL_SERVICE_NAME)).filter(|name| !name.is_empty()) {
-            Some(service) => index.entry((key.namespace.as_str(), service.as_str())).or_default().push((key, &**slice)),
+        match labels
+            .and_then(|labels| labels.get(LABEL_SERVICE_NAME))
+            .filter(|name| !name.is_empty())
+        {
+            Some(service) => index
+                .entry((key.namespace.as_str(), service.as_str()))
+                .or_default()
+                .push((key, &**slice)),
             None => warnings.push(ModelWarning::object_ignored(
                 ObjectKind::EndpointSlice,
                 key,
@@ -164,16 +204,26 @@ fn index_slices<'a>(state: &'a ClusterState, config: &ModelConfig, warnings: &mu
 
 /// Warns about slices naming a Service that does not exist at all. Slices of Services that
 /// exist but are skipped (by rule or as invalid) are not warned about again.
-fn warn_orphan_slices(state: &ClusterState, slices: &SliceIndex<'_>, warnings: &mut Vec<ModelWarning>) {
+fn warn_orphan_slices(
+    state: &ClusterState,
+    slices: &SliceIndex<'_>,
+    warnings: &mut Vec<ModelWarning>,
+) {
     let mut orphans: Vec<ModelWarning> = slices
         .iter()
-        .filter(|((namespace, service), _)| !state.services.contains_key(&ObjectKey::new(*namespace, *service)))
+        .filter(|((namespace, service), _)| {
+            !state
+                .services
+                .contains_key(&ObjectKey::new(*namespace, *service))
+        })
         .flat_map(|((_, service), group)| {
             group.iter().map(|(key, _)| {
                 ModelWarning::object_ignored(
                     ObjectKind::EndpointSlice,
                     key,
-                    ValidationError::ServiceNotFound { service: (*service).to_owned() },
+                    ValidationError::ServiceNotFound {
+                        service: (*service).to_owned(),
+                    },
                 )
             })
         })
@@ -203,11 +253,19 @@ fn build_service(
             return None;
         }
         Err(reason) => {
-            warnings.push(ModelWarning::object_ignored(ObjectKind::Service, key, reason));
+            warnings.push(ModelWarning::object_ignored(
+                ObjectKind::Service,
+                key,
+                reason,
+            ));
             return None;
         }
     };
-    let parsed_slices = parse_slices(slices.get(&(key.namespace.as_str(), key.name.as_str())), interner, warnings);
+    let parsed_slices = parse_slices(
+        slices.get(&(key.namespace.as_str(), key.name.as_str())),
+        interner,
+        warnings,
+    );
     let slice_refs: Vec<&ParsedSlice> = parsed_slices.iter().collect();
     let mut ports = Vec::with_capacity(parsed.ports.len() * parsed.cluster_ips.len());
     for family in FAMILIES {
@@ -215,7 +273,15 @@ fn build_service(
             continue;
         };
         for port in &parsed.ports {
-            ports.push(service_port(key, &parsed, port, family, cluster_ip, &slice_refs, ctx));
+            ports.push(service_port(
+                key,
+                &parsed,
+                port,
+                family,
+                cluster_ip,
+                &slice_refs,
+                ctx,
+            ));
         }
     }
     Some((ports, std::mem::take(&mut parsed.ignored)))
@@ -231,7 +297,11 @@ fn parse_slices(
         match endpoints::parse_slice(slice, interner) {
             Ok(SliceParse::Slice(slice)) => parsed.push(slice),
             Ok(SliceParse::Fqdn) => debug!(slice = %key, "skipping FQDN EndpointSlice"),
-            Err(reason) => warnings.push(ModelWarning::object_ignored(ObjectKind::EndpointSlice, key, reason)),
+            Err(reason) => warnings.push(ModelWarning::object_ignored(
+                ObjectKind::EndpointSlice,
+                key,
+                reason,
+            )),
         }
     }
     parsed
@@ -248,24 +318,61 @@ fn service_port(
     ctx: &Context<'_>,
 ) -> ServicePort {
     let fam = family_index(family);
-    let mut frontends = vec![Frontend { kind: FrontendKind::ClusterIp, ip: cluster_ip, port: port.port }];
-    frontends.extend(svc.external_ips(family).map(|ip| Frontend { kind: FrontendKind::ExternalIp, ip, port: port.port }));
-    frontends.extend(svc.lb_ips(family).map(|ip| Frontend { kind: FrontendKind::LoadBalancer, ip, port: port.port }));
+    let mut frontends = vec![Frontend {
+        kind: FrontendKind::ClusterIp,
+        ip: cluster_ip,
+        port: port.port,
+    }];
+    frontends.extend(svc.external_ips(family).map(|ip| Frontend {
+        kind: FrontendKind::ExternalIp,
+        ip,
+        port: port.port,
+    }));
+    frontends.extend(svc.lb_ips(family).map(|ip| Frontend {
+        kind: FrontendKind::LoadBalancer,
+        ip,
+        port: port.port,
+    }));
     if let Some(node_port) = port.node_port {
-        frontends.extend(ctx.nodeport_ips[fam].iter().map(|&ip| Frontend { kind: FrontendKind::NodePort, ip, port: node_port }));
+        frontends.extend(ctx.nodeport_ips[fam].iter().map(|&ip| Frontend {
+            kind: FrontendKind::NodePort,
+            ip,
+            port: node_port,
+        }));
     }
     frontends.sort_unstable();
     frontends.dedup();
     // Upstream's ExternallyAccessible: a NodePort counts even when no NodePort address is
     // known yet (dataplanes may match NodePorts by "destination is local").
-    let externally_accessible =
-        port.node_port.is_some() || svc.external_ips(family).next().is_some() || svc.lb_ips(family).next().is_some();
+    let externally_accessible = port.node_port.is_some()
+        || svc.external_ips(family).next().is_some()
+        || svc.lb_ips(family).next().is_some();
 
-    let merged = endpoints::merge(slices, family, &port.name, port.protocol, &ctx.config.node_name);
+    let merged = endpoints::merge(
+        slices,
+        family,
+        &port.name,
+        port.protocol,
+        &ctx.config.node_name,
+    );
     let zone = ctx.node.as_ref().and_then(|node| node.zone);
-    let categories = topology::categorize(&merged.endpoints, &merged.hints, &ctx.config.node_name, zone);
-    let local_ready_endpoints = merged.endpoints.iter().filter(|ep| ep.is_local && ep.ready).count();
-    let (internal, external) = verdicts(&categories, svc, externally_accessible, &ctx.cluster_cidrs[fam]);
+    let categories = topology::categorize(
+        &merged.endpoints,
+        &merged.hints,
+        &ctx.config.node_name,
+        zone,
+    );
+    let local_ready_endpoints = merged
+        .endpoints
+        .iter()
+        .filter(|ep| ep.is_local && ep.ready)
+        .count();
+    let (internal, external) = verdicts(
+        &categories,
+        svc,
+        externally_accessible,
+        &ctx.cluster_cidrs[fam],
+    );
 
     ServicePort {
         key: ServicePortKey {
@@ -314,7 +421,11 @@ fn verdicts(
         }
     };
     let cluster = verdict_for(&categories.cluster);
-    let internal = if svc.internal_policy_local { verdict_for(&categories.local) } else { cluster.clone() };
+    let internal = if svc.internal_policy_local {
+        verdict_for(&categories.local)
+    } else {
+        cluster.clone()
+    };
     let external = externally_accessible.then(|| {
         if svc.external_policy_local {
             ExternalTraffic {
@@ -357,7 +468,11 @@ struct Claims<'a> {
 impl<'a> Claims<'a> {
     /// Takes every frontend of `ports` for `owner`, or none when one is taken (including
     /// twice by the Service itself).
-    fn claim(&mut self, owner: &'a ObjectKey, ports: &[ServicePort]) -> Result<(), ValidationError> {
+    fn claim(
+        &mut self,
+        owner: &'a ObjectKey,
+        ports: &[ServicePort],
+    ) -> Result<(), ValidationError> {
         let mut addresses = HashMap::new();
         let mut node_ports = HashMap::new();
         for port in ports {
@@ -365,14 +480,28 @@ impl<'a> Claims<'a> {
             for frontend in &port.frontends {
                 let claim = (frontend.ip, frontend.port, protocol);
                 if let Some(taken) = self.addresses.get(&claim).or_else(|| addresses.get(&claim)) {
-                    return Err(conflict(format!("{}/{}", SocketAddr::new(frontend.ip, frontend.port), protocol_name(protocol)), taken));
+                    return Err(conflict(
+                        format!(
+                            "{}/{}",
+                            SocketAddr::new(frontend.ip, frontend.port),
+                            protocol_name(protocol)
+                        ),
+                        taken,
+                    ));
                 }
                 addresses.insert(claim, owner);
             }
             if let Some(node_port) = port.node_port {
                 let claim = (port.key.family, node_port, protocol);
-                if let Some(taken) = self.node_ports.get(&claim).or_else(|| node_ports.get(&claim)) {
-                    return Err(conflict(format!("nodePort {node_port}/{}", protocol_name(protocol)), taken));
+                if let Some(taken) = self
+                    .node_ports
+                    .get(&claim)
+                    .or_else(|| node_ports.get(&claim))
+                {
+                    return Err(conflict(
+                        format!("nodePort {node_port}/{}", protocol_name(protocol)),
+                        taken,
+                    ));
                 }
                 node_ports.insert(claim, owner);
             }
@@ -384,5 +513,8 @@ impl<'a> Claims<'a> {
 }
 
 fn conflict(frontend: String, owner: &ObjectKey) -> ValidationError {
-    ValidationError::FrontendConflict { frontend, owner: owner.to_string() }
+    ValidationError::FrontendConflict {
+        frontend,
+        owner: owner.to_string(),
+    }
 }

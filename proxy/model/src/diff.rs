@@ -37,7 +37,12 @@ pub fn diff(old: &ProxyModel, new: &ProxyModel) -> ModelDiff {
                 let (_, new_port) = news.next().expect("peeked");
                 if old_port != new_port {
                     result.updated.push(key.clone());
-                    stale_endpoints(key, old_port, Some(new_port), &mut result.stale_udp_endpoints);
+                    stale_endpoints(
+                        key,
+                        old_port,
+                        Some(new_port),
+                        &mut result.stale_udp_endpoints,
+                    );
                 }
             }
         }
@@ -46,14 +51,21 @@ pub fn diff(old: &ProxyModel, new: &ProxyModel) -> ModelDiff {
 }
 
 /// Appends the endpoints `old` forwarded to that `new` (if any) does not.
-fn stale_endpoints(key: &ServicePortKey, old: &ServicePort, new: Option<&ServicePort>, out: &mut Vec<(ServicePortKey, Endpoint)>) {
+fn stale_endpoints(
+    key: &ServicePortKey,
+    old: &ServicePort,
+    new: Option<&ServicePort>,
+    out: &mut Vec<(ServicePortKey, Endpoint)>,
+) {
     if key.name.protocol == Protocol::Tcp {
         return;
     }
-    let still_served: HashSet<(IpAddr, u16)> =
-        new.map(|new| forwarded(new).map(|ep| (ep.ip, ep.port)).collect()).unwrap_or_default();
-    let mut stale: Vec<&Endpoint> =
-        forwarded(old).filter(|ep| !still_served.contains(&(ep.ip, ep.port))).collect();
+    let still_served: HashSet<(IpAddr, u16)> = new
+        .map(|new| forwarded(new).map(|ep| (ep.ip, ep.port)).collect())
+        .unwrap_or_default();
+    let mut stale: Vec<&Endpoint> = forwarded(old)
+        .filter(|ep| !still_served.contains(&(ep.ip, ep.port)))
+        .collect();
     stale.sort_unstable_by_key(|ep| (ep.ip, ep.port));
     stale.dedup_by_key(|ep| (ep.ip, ep.port));
     out.extend(stale.into_iter().map(|ep| (key.clone(), ep.clone())));
@@ -62,6 +74,10 @@ fn stale_endpoints(key: &ServicePortKey, old: &ServicePort, new: Option<&Service
 /// Every endpoint any verdict of `port` forwards to (with repeats).
 fn forwarded(port: &ServicePort) -> impl Iterator<Item = &Endpoint> {
     std::iter::once(&port.internal)
-        .chain(port.external.iter().flat_map(|ext| [&ext.verdict, &ext.cluster_verdict]))
+        .chain(
+            port.external
+                .iter()
+                .flat_map(|ext| [&ext.verdict, &ext.cluster_verdict]),
+        )
         .flat_map(move |verdict| verdict.endpoints(port))
 }

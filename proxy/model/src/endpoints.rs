@@ -66,7 +66,10 @@ pub(crate) enum SliceParse {
 }
 
 /// Checks and parses `slice`, interning node names, zones and hints.
-pub(crate) fn parse_slice(slice: &EndpointSlice, interner: &mut Interner) -> Result<SliceParse, ValidationError> {
+pub(crate) fn parse_slice(
+    slice: &EndpointSlice,
+    interner: &mut Interner,
+) -> Result<SliceParse, ValidationError> {
     if slice.metadata.name.as_deref().is_none_or(str::is_empty) {
         return Err(ValidationError::MissingName);
     }
@@ -82,7 +85,10 @@ pub(crate) fn parse_slice(slice: &EndpointSlice, interner: &mut Interner) -> Res
         "IPv6" => IpFamily::V6,
         "FQDN" => return Ok(SliceParse::Fqdn),
         other => {
-            return Err(ValidationError::UnknownValue { field: "addressType", value: other.to_owned() });
+            return Err(ValidationError::UnknownValue {
+                field: "addressType",
+                value: other.to_owned(),
+            });
         }
     };
     let ports = parse_slice_ports(slice.ports.as_deref().unwrap_or_default())?;
@@ -98,12 +104,19 @@ pub(crate) fn parse_slice(slice: &EndpointSlice, interner: &mut Interner) -> Res
         .enumerate()
         .map(|(index, endpoint)| parse_endpoint(index, endpoint, family, interner))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(SliceParse::Slice(ParsedSlice { family, ports, endpoints }))
+    Ok(SliceParse::Slice(ParsedSlice {
+        family,
+        ports,
+        endpoints,
+    }))
 }
 
 fn parse_slice_ports(ports: &[EndpointPort]) -> Result<Vec<SlicePort>, ValidationError> {
     if ports.len() > MAX_SLICE_PORTS {
-        return Err(ValidationError::TooManyPorts { count: ports.len(), max: MAX_SLICE_PORTS });
+        return Err(ValidationError::TooManyPorts {
+            count: ports.len(),
+            max: MAX_SLICE_PORTS,
+        });
     }
     let mut names = HashSet::with_capacity(ports.len());
     let mut parsed = Vec::with_capacity(ports.len());
@@ -116,11 +129,18 @@ fn parse_slice_ports(ports: &[EndpointPort]) -> Result<Vec<SlicePort>, Validatio
         let number = u16::try_from(number)
             .ok()
             .filter(|n| *n != 0)
-            .ok_or_else(|| ValidationError::InvalidPort { port_name: name.clone(), port: number })?;
+            .ok_or_else(|| ValidationError::InvalidPort {
+                port_name: name.clone(),
+                port: number,
+            })?;
         if !names.insert(name.clone()) {
             return Err(ValidationError::DuplicatePortName { port_name: name });
         }
-        parsed.push(SlicePort { name, protocol, port: number });
+        parsed.push(SlicePort {
+            name,
+            protocol,
+            port: number,
+        });
     }
     Ok(parsed)
 }
@@ -163,7 +183,10 @@ fn parse_endpoint(
         ready: conditions.and_then(|c| c.ready).unwrap_or(true),
         serving: conditions.and_then(|c| c.serving).unwrap_or(true),
         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-        node_name: endpoint.node_name.as_deref().map(|name| interner.intern(name)),
+        node_name: endpoint
+            .node_name
+            .as_deref()
+            .map(|name| interner.intern(name)),
         zone: endpoint.zone.as_deref().map(|zone| interner.intern(zone)),
         for_nodes,
         for_zones,
@@ -196,12 +219,22 @@ pub(crate) fn merge<'s>(
     let is_local = |endpoint: &SliceEndpoint| {
         !node_name.is_empty() && endpoint.node_name.as_deref() == Some(node_name)
     };
-    let mut candidates: Vec<(IpAddr, u16, Reverse<(bool, bool, bool)>, usize, &'s SliceEndpoint)> = Vec::new();
+    let mut candidates: Vec<(
+        IpAddr,
+        u16,
+        Reverse<(bool, bool, bool)>,
+        usize,
+        &'s SliceEndpoint,
+    )> = Vec::new();
     for (order, slice) in slices.iter().enumerate() {
         if slice.family != family {
             continue;
         }
-        let Some(port) = slice.ports.iter().find(|p| p.name == port_name && p.protocol == protocol) else {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port_name && p.protocol == protocol)
+        else {
             continue;
         };
         for endpoint in &slice.endpoints {
@@ -227,7 +260,10 @@ pub(crate) fn merge<'s>(
             zone: endpoint.zone.clone(),
             is_local: is_local(endpoint),
         });
-        merged.hints.push(Hints { for_nodes: &endpoint.for_nodes, for_zones: &endpoint.for_zones });
+        merged.hints.push(Hints {
+            for_nodes: &endpoint.for_nodes,
+            for_zones: &endpoint.for_zones,
+        });
     }
     merged
 }

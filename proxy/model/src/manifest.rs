@@ -164,7 +164,10 @@ pub fn parse_documents(text: &str) -> Vec<Result<ManifestObject, DocumentError>>
     }
     let mut results = Vec::new();
     for (index, (line, document)) in split_yaml(text).into_iter().enumerate() {
-        let at = Position { document: index + 1, line };
+        let at = Position {
+            document: index + 1,
+            line,
+        };
         results.extend(parse_yaml_document(document, at));
     }
     results
@@ -179,7 +182,12 @@ struct Position {
 
 impl Position {
     fn error(self, object: Option<ObjectRef>, reason: DocumentErrorReason) -> DocumentError {
-        DocumentError { document: self.document, line: self.line, object, reason }
+        DocumentError {
+            document: self.document,
+            line: self.line,
+            object,
+            reason,
+        }
     }
 }
 
@@ -210,7 +218,8 @@ fn split_yaml(text: &str) -> Vec<(usize, &str)> {
 }
 
 fn is_marker(line: &str, marker: &str) -> bool {
-    line.strip_prefix(marker).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
 }
 
 fn push_document<'a>(documents: &mut Vec<(usize, &'a str)>, line: usize, document: &'a str) {
@@ -234,8 +243,18 @@ struct Header {
 }
 
 impl Header {
+    /// The object, namespaced as it would have been had it parsed.
     fn object(&self) -> ObjectRef {
-        ObjectRef { kind: self.kind.clone(), namespace: self.namespace.clone(), name: self.name.clone() }
+        let namespaced = matches!(self.kind.as_deref(), Some("Service" | "EndpointSlice"));
+        let namespace = match &self.namespace {
+            None if namespaced => Some(DEFAULT_NAMESPACE.to_owned()),
+            namespace => namespace.clone(),
+        };
+        ObjectRef {
+            kind: self.kind.clone(),
+            namespace,
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -307,7 +326,8 @@ impl<'de> Visitor<'de> for ShapeVisitor {
                 "metadata" => {
                     let meta: serde_json::Value = map.next_value()?;
                     header.name = as_string(meta.get("name").cloned().unwrap_or_default());
-                    header.namespace = as_string(meta.get("namespace").cloned().unwrap_or_default());
+                    header.namespace =
+                        as_string(meta.get("namespace").cloned().unwrap_or_default());
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -350,7 +370,9 @@ fn parse_yaml_document(text: &str, at: Position) -> Vec<Result<ManifestObject, D
     let header = match serde_saphyr::from_str_with_options::<Shape>(text, yaml_options()) {
         Ok(Shape::Null) => return Vec::new(),
         Ok(Shape::Other(found)) => {
-            return vec![Err(at.error(None, DocumentErrorReason::NotAnObject { found }))];
+            return vec![Err(
+                at.error(None, DocumentErrorReason::NotAnObject { found })
+            )];
         }
         Ok(Shape::Object(header)) => header,
         Err(error) => {
@@ -364,9 +386,15 @@ fn parse_yaml_document(text: &str, at: Position) -> Vec<Result<ManifestObject, D
             message: yaml_message(&error, at.line),
         };
         Ok(match kind {
-            "Service" => ManifestObject::Service(serde_saphyr::from_str_with_options(text, yaml_options()).map_err(invalid)?),
-            "EndpointSlice" => ManifestObject::EndpointSlice(serde_saphyr::from_str_with_options(text, yaml_options()).map_err(invalid)?),
-            "Node" => ManifestObject::Node(serde_saphyr::from_str_with_options(text, yaml_options()).map_err(invalid)?),
+            "Service" => ManifestObject::Service(
+                serde_saphyr::from_str_with_options(text, yaml_options()).map_err(invalid)?,
+            ),
+            "EndpointSlice" => ManifestObject::EndpointSlice(
+                serde_saphyr::from_str_with_options(text, yaml_options()).map_err(invalid)?,
+            ),
+            "Node" => ManifestObject::Node(
+                serde_saphyr::from_str_with_options(text, yaml_options()).map_err(invalid)?,
+            ),
             _ => unreachable!("decode is only called for kinds from known_kind"),
         })
     };
@@ -386,15 +414,24 @@ fn dispatch(
         return vec![Err(at.error(Some(object), DocumentErrorReason::MissingKind))];
     };
     let Some(api_version) = header.api_version.as_deref() else {
-        return vec![Err(at.error(Some(object), DocumentErrorReason::MissingApiVersion))];
+        return vec![Err(
+            at.error(Some(object), DocumentErrorReason::MissingApiVersion)
+        )];
     };
     match known_kind(api_version, kind) {
-        None => vec![Ok(ManifestObject::Ignored { api_version: api_version.to_owned(), kind: kind.to_owned() })],
+        None => vec![Ok(ManifestObject::Ignored {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+        })],
         Some(Known::List) => list(object),
         Some(Known::Object) if header.name.is_none() => {
             vec![Err(at.error(Some(object), DocumentErrorReason::MissingName))]
         }
-        Some(Known::Object) => vec![decode(kind).map(default_namespace).map_err(|reason| at.error(Some(object), reason))],
+        Some(Known::Object) => vec![
+            decode(kind)
+                .map(default_namespace)
+                .map_err(|reason| at.error(Some(object), reason)),
+        ],
     }
 }
 
@@ -405,7 +442,9 @@ enum Known {
 
 fn known_kind(api_version: &str, kind: &str) -> Option<Known> {
     match (api_version, kind) {
-        ("v1", "Service" | "Node") | ("discovery.k8s.io/v1", "EndpointSlice") => Some(Known::Object),
+        ("v1", "Service" | "Node") | ("discovery.k8s.io/v1", "EndpointSlice") => {
+            Some(Known::Object)
+        }
         ("v1", "List") => Some(Known::List),
         _ => None,
     }
@@ -434,31 +473,52 @@ struct ListItems {
     items: Vec<serde_json::Value>,
 }
 
-fn yaml_list_items(text: &str, at: Position, list: ObjectRef) -> Vec<Result<ManifestObject, DocumentError>> {
+fn yaml_list_items(
+    text: &str,
+    at: Position,
+    list: ObjectRef,
+) -> Vec<Result<ManifestObject, DocumentError>> {
     match serde_saphyr::from_str_with_options::<ListItems>(text, yaml_options()) {
         Ok(items) => list_items(items.items, at),
         Err(error) => {
             let message = yaml_message(&error, at.line);
-            vec![Err(at.error(Some(list), DocumentErrorReason::InvalidObject { kind: "List".to_owned(), message }))]
+            vec![Err(at.error(
+                Some(list),
+                DocumentErrorReason::InvalidObject {
+                    kind: "List".to_owned(),
+                    message,
+                },
+            ))]
         }
     }
 }
 
 /// Items of a list, each dispatched like a document of its own. Their errors cannot point
 /// at a line inside the list, so they name the item instead.
-fn list_items(items: Vec<serde_json::Value>, at: Position) -> Vec<Result<ManifestObject, DocumentError>> {
+fn list_items(
+    items: Vec<serde_json::Value>,
+    at: Position,
+) -> Vec<Result<ManifestObject, DocumentError>> {
     let mut results = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let header = header_of_value(&item);
         let decode = |kind: &str| decode_value(kind, item, &format!("items[{index}]"));
         let nested = |object: ObjectRef| {
-            vec![Err(at.error(Some(object), DocumentErrorReason::InvalidObject {
-                kind: "List".to_owned(),
-                message: format!("items[{index}] is itself a List"),
-            }))]
+            vec![Err(at.error(
+                Some(object),
+                DocumentErrorReason::InvalidObject {
+                    kind: "List".to_owned(),
+                    message: format!("items[{index}] is itself a List"),
+                },
+            ))]
         };
         match &header {
-            None => results.push(Err(at.error(None, DocumentErrorReason::NotAnObject { found: "list item that is not an object" }))),
+            None => results.push(Err(at.error(
+                None,
+                DocumentErrorReason::NotAnObject {
+                    found: "list item that is not an object",
+                },
+            ))),
             Some(header) => results.extend(dispatch(header, at, decode, nested)),
         }
     }
@@ -477,8 +537,16 @@ fn header_of_value(value: &serde_json::Value) -> Option<Header> {
     })
 }
 
-fn decode_value(kind: &str, value: serde_json::Value, place: &str) -> Result<ManifestObject, DocumentErrorReason> {
-    fn from<T: DeserializeOwned>(value: serde_json::Value, kind: &str, place: &str) -> Result<T, DocumentErrorReason> {
+fn decode_value(
+    kind: &str,
+    value: serde_json::Value,
+    place: &str,
+) -> Result<ManifestObject, DocumentErrorReason> {
+    fn from<T: DeserializeOwned>(
+        value: serde_json::Value,
+        kind: &str,
+        place: &str,
+    ) -> Result<T, DocumentErrorReason> {
         serde_json::from_value(value).map_err(|error| DocumentErrorReason::InvalidObject {
             kind: kind.to_owned(),
             message: format!("{place}: {error}"),
@@ -502,7 +570,10 @@ fn parse_json_stream(text: &str) -> Vec<Result<ManifestObject, DocumentError>> {
         let end = stream.byte_offset();
         let source = &text[start..end];
         let leading = &source[..source.len() - source.trim_start().len()];
-        let at = Position { document, line: start_line + leading.matches('\n').count() };
+        let at = Position {
+            document,
+            line: start_line + leading.matches('\n').count(),
+        };
         match next {
             Err(error) => {
                 // A syntax error leaves the stream unusable: nothing after it can be read.
@@ -527,7 +598,9 @@ fn json_document(
 ) -> Vec<Result<ManifestObject, DocumentError>> {
     let Some(header) = header_of_value(&value) else {
         let found = if value.is_array() { "list" } else { "scalar" };
-        return vec![Err(at.error(None, DocumentErrorReason::NotAnObject { found }))];
+        return vec![Err(
+            at.error(None, DocumentErrorReason::NotAnObject { found })
+        )];
     };
     // Decode from the text (not the value) so errors carry a line and column.
     let decode = |kind: &str| {
@@ -537,7 +610,9 @@ fn json_document(
         };
         Ok(match kind {
             "Service" => ManifestObject::Service(serde_json::from_str(source).map_err(invalid)?),
-            "EndpointSlice" => ManifestObject::EndpointSlice(serde_json::from_str(source).map_err(invalid)?),
+            "EndpointSlice" => {
+                ManifestObject::EndpointSlice(serde_json::from_str(source).map_err(invalid)?)
+            }
             "Node" => ManifestObject::Node(serde_json::from_str(source).map_err(invalid)?),
             _ => unreachable!("decode is only called for kinds from known_kind"),
         })
@@ -558,5 +633,9 @@ fn json_message(error: &serde_json::Error, first_line: usize) -> String {
     let full = error.to_string();
     let suffix = format!(" at line {} column {}", error.line(), error.column());
     let message = full.strip_suffix(&suffix).unwrap_or(&full);
-    format!("{message} at line {}, column {}", first_line + error.line().saturating_sub(1), error.column())
+    format!(
+        "{message} at line {}, column {}",
+        first_line + error.line().saturating_sub(1),
+        error.column()
+    )
 }

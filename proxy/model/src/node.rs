@@ -21,7 +21,10 @@ pub(crate) struct ParsedNode<'a> {
 impl ParsedNode<'_> {
     /// The primary address of `family`.
     pub(crate) fn primary_ip(&self, family: IpFamily) -> Option<IpAddr> {
-        self.primary.iter().copied().find(|ip| IpFamily::of(ip) == family)
+        self.primary
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == family)
     }
 }
 
@@ -60,8 +63,16 @@ pub(crate) fn parse(node: &Node) -> Result<ParsedNode<'_>, ValidationError> {
         .into_iter()
         .filter_map(|family| {
             let of_family = |ip: &&IpAddr| IpFamily::of(ip) == family;
-            internal.iter().find(of_family).or_else(|| external.iter().find(of_family)).copied()
+            internal
+                .iter()
+                .find(of_family)
+                .or_else(|| external.iter().find(of_family))
+                .copied()
         })
         .collect();
-    Ok(ParsedNode { name, zone, primary })
+    Ok(ParsedNode {
+        name,
+        zone,
+        primary,
+    })
 }

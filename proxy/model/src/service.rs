@@ -70,22 +70,35 @@ pub(crate) struct ParsedService {
 impl ParsedService {
     /// The ClusterIP of `family`, when the Service has that family.
     pub(crate) fn cluster_ip(&self, family: IpFamily) -> Option<IpAddr> {
-        self.cluster_ips.iter().copied().find(|ip| IpFamily::of(ip) == family)
+        self.cluster_ips
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == family)
     }
 
     /// `spec.externalIPs` of `family`.
     pub(crate) fn external_ips(&self, family: IpFamily) -> impl Iterator<Item = IpAddr> + '_ {
-        self.external_ips.iter().copied().filter(move |ip| IpFamily::of(ip) == family)
+        self.external_ips
+            .iter()
+            .copied()
+            .filter(move |ip| IpFamily::of(ip) == family)
     }
 
     /// Load-balancer VIPs of `family`.
     pub(crate) fn lb_ips(&self, family: IpFamily) -> impl Iterator<Item = IpAddr> + '_ {
-        self.lb_ips.iter().copied().filter(move |ip| IpFamily::of(ip) == family)
+        self.lb_ips
+            .iter()
+            .copied()
+            .filter(move |ip| IpFamily::of(ip) == family)
     }
 
     /// Source ranges of `family`.
     pub(crate) fn source_ranges(&self, family: IpFamily) -> Vec<IpNet> {
-        self.source_ranges.iter().copied().filter(|net| net_family(net) == family).collect()
+        self.source_ranges
+            .iter()
+            .copied()
+            .filter(|net| net_family(net) == family)
+            .collect()
     }
 }
 
@@ -121,17 +134,32 @@ pub(crate) fn parse(svc: &Service) -> Result<Parsed, ValidationError> {
     let mut ignored = Vec::new();
 
     let external_ips = parse_ips(
-        spec.external_ips.as_deref().unwrap_or_default().iter().map(String::as_str),
+        spec.external_ips
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(String::as_str),
         "spec.externalIPs",
         single_family,
         &mut ignored,
     )?;
-    let lb_ips = parse_ips(lb_vip_texts(svc)?.into_iter(), "status.loadBalancer.ingress.ip", single_family, &mut ignored)?;
+    let lb_ips = parse_ips(
+        lb_vip_texts(svc)?.into_iter(),
+        "status.loadBalancer.ingress.ip",
+        single_family,
+        &mut ignored,
+    )?;
     let source_ranges = parse_source_ranges(spec, single_family, &mut ignored)?;
     let affinity_timeout_secs = parse_affinity(spec)?;
 
-    let external_local = parse_policy(spec.external_traffic_policy.as_deref(), "spec.externalTrafficPolicy")?;
-    let internal_local = parse_policy(spec.internal_traffic_policy.as_deref(), "spec.internalTrafficPolicy")?;
+    let external_local = parse_policy(
+        spec.external_traffic_policy.as_deref(),
+        "spec.externalTrafficPolicy",
+    )?;
+    let internal_local = parse_policy(
+        spec.internal_traffic_policy.as_deref(),
+        "spec.internalTrafficPolicy",
+    )?;
     let externally_accessible = match service_type {
         ServiceType::LoadBalancer | ServiceType::NodePort => true,
         ServiceType::ClusterIp => !spec.external_ips.as_deref().unwrap_or_default().is_empty(),
@@ -173,7 +201,10 @@ fn parse_type(value: Option<&str>) -> Result<ServiceType, ValidationError> {
         Some("LoadBalancer") => ServiceType::LoadBalancer,
         Some("ExternalName") => ServiceType::ExternalName,
         Some(other) => {
-            return Err(ValidationError::UnknownValue { field: "spec.type", value: other.to_owned() });
+            return Err(ValidationError::UnknownValue {
+                field: "spec.type",
+                value: other.to_owned(),
+            });
         }
     })
 }
@@ -214,14 +245,22 @@ fn parse_cluster_ips(spec: &ServiceSpec) -> Result<Option<Vec<IpAddr>>, Validati
             });
         }
     }
-    check_ip_families(spec.ip_families.as_deref().unwrap_or_default(), &ips, &texts)?;
+    check_ip_families(
+        spec.ip_families.as_deref().unwrap_or_default(),
+        &ips,
+        &texts,
+    )?;
     Ok(Some(ips))
 }
 
 /// `spec.ipFamilies[i]` must name the family of `spec.clusterIPs[i]`; upstream picks the
 /// ClusterIP of a family through this list, so a mismatch would program an address under
 /// the wrong family. Extra families without an address are tolerated, as upstream does.
-fn check_ip_families(families: &[String], ips: &[IpAddr], texts: &[&str]) -> Result<(), ValidationError> {
+fn check_ip_families(
+    families: &[String],
+    ips: &[IpAddr],
+    texts: &[&str],
+) -> Result<(), ValidationError> {
     for (declared, ip) in families.iter().zip(ips) {
         let family = match declared.as_str() {
             "IPv4" => IpFamily::V4,
@@ -248,7 +287,10 @@ fn parse_ports(ports: &[KubeServicePort]) -> Result<Vec<ParsedPort>, ValidationE
         return Err(ValidationError::NoPorts);
     }
     if ports.len() > MAX_SERVICE_PORTS {
-        return Err(ValidationError::TooManyPorts { count: ports.len(), max: MAX_SERVICE_PORTS });
+        return Err(ValidationError::TooManyPorts {
+            count: ports.len(),
+            max: MAX_SERVICE_PORTS,
+        });
     }
     let mut names = HashSet::with_capacity(ports.len());
     let mut numbers: HashMap<(u16, Protocol), &str> = HashMap::with_capacity(ports.len());
@@ -259,19 +301,28 @@ fn parse_ports(ports: &[KubeServicePort]) -> Result<Vec<ParsedPort>, ValidationE
         let number = u16::try_from(port.port)
             .ok()
             .filter(|n| *n != 0)
-            .ok_or_else(|| ValidationError::InvalidPort { port_name: name.clone(), port: port.port })?;
+            .ok_or_else(|| ValidationError::InvalidPort {
+                port_name: name.clone(),
+                port: port.port,
+            })?;
         let node_port = port
             .node_port
             .map(|node_port| {
-                u16::try_from(node_port).ok().filter(|n| *n != 0).ok_or_else(|| {
-                    ValidationError::NodePortOutOfRange { port_name: name.clone(), node_port }
-                })
+                u16::try_from(node_port)
+                    .ok()
+                    .filter(|n| *n != 0)
+                    .ok_or_else(|| ValidationError::NodePortOutOfRange {
+                        port_name: name.clone(),
+                        node_port,
+                    })
             })
             .transpose()?;
         if !names.insert(port.name.as_deref().unwrap_or_default()) {
             return Err(ValidationError::DuplicatePortName { port_name: name });
         }
-        if let Some(first) = numbers.insert((number, protocol), port.name.as_deref().unwrap_or_default()) {
+        if let Some(first) =
+            numbers.insert((number, protocol), port.name.as_deref().unwrap_or_default())
+        {
             return Err(ValidationError::DuplicatePort {
                 first: first.to_owned(),
                 second: name,
@@ -279,13 +330,21 @@ fn parse_ports(ports: &[KubeServicePort]) -> Result<Vec<ParsedPort>, ValidationE
                 protocol: protocol_name(protocol),
             });
         }
-        parsed.push(ParsedPort { name, protocol, port: number, node_port });
+        parsed.push(ParsedPort {
+            name,
+            protocol,
+            port: number,
+            node_port,
+        });
     }
     Ok(parsed)
 }
 
 /// Parses a protocol as the API spells it; unset means TCP, the API default.
-pub(crate) fn parse_protocol(value: Option<&str>, port_name: &str) -> Result<Protocol, ValidationError> {
+pub(crate) fn parse_protocol(
+    value: Option<&str>,
+    port_name: &str,
+) -> Result<Protocol, ValidationError> {
     match value {
         None | Some("TCP") => Ok(Protocol::Tcp),
         Some("UDP") => Ok(Protocol::Udp),
@@ -307,7 +366,10 @@ pub(crate) fn protocol_name(protocol: Protocol) -> &'static str {
 }
 
 pub(crate) fn parse_ip(text: &str, field: &'static str) -> Result<IpAddr, ValidationError> {
-    text.parse().map_err(|_| ValidationError::InvalidIp { field, value: text.to_owned() })
+    text.parse().map_err(|_| ValidationError::InvalidIp {
+        field,
+        value: text.to_owned(),
+    })
 }
 
 /// Parses addresses; in a single-stack Service, those of the other family are dropped with
@@ -322,11 +384,13 @@ fn parse_ips<'a>(
     for text in texts {
         let ip = parse_ip(text, field)?;
         match single_family {
-            Some(family) if IpFamily::of(&ip) != family => ignored.push(ValidationError::WrongFamily {
-                field,
-                value: ip.to_string(),
-                family: family_name(family),
-            }),
+            Some(family) if IpFamily::of(&ip) != family => {
+                ignored.push(ValidationError::WrongFamily {
+                    field,
+                    value: ip.to_string(),
+                    family: family_name(family),
+                })
+            }
             _ => ips.push(ip),
         }
     }
@@ -369,20 +433,29 @@ fn parse_source_ranges(
 ) -> Result<Vec<IpNet>, ValidationError> {
     const FIELD: &str = "spec.loadBalancerSourceRanges";
     let mut ranges = Vec::new();
-    for text in spec.load_balancer_source_ranges.as_deref().unwrap_or_default() {
+    for text in spec
+        .load_balancer_source_ranges
+        .as_deref()
+        .unwrap_or_default()
+    {
         // API validation lets whitespace padding through; upstream trims it.
         let trimmed = text.trim();
         // Like Go's ParseCIDR, host bits are allowed and dropped ("10.0.0.1/8" is 10/8).
         let net = trimmed
             .parse::<IpNet>()
-            .map_err(|_| ValidationError::InvalidCidr { field: FIELD, value: text.clone() })?
+            .map_err(|_| ValidationError::InvalidCidr {
+                field: FIELD,
+                value: text.clone(),
+            })?
             .trunc();
         match single_family {
-            Some(family) if net_family(&net) != family => ignored.push(ValidationError::WrongFamily {
-                field: FIELD,
-                value: net.to_string(),
-                family: family_name(family),
-            }),
+            Some(family) if net_family(&net) != family => {
+                ignored.push(ValidationError::WrongFamily {
+                    field: FIELD,
+                    value: net.to_string(),
+                    family: family_name(family),
+                })
+            }
             _ => ranges.push(net),
         }
     }
@@ -425,6 +498,9 @@ fn parse_policy(value: Option<&str>, field: &'static str) -> Result<bool, Valida
     match value {
         None | Some("Cluster") => Ok(false),
         Some("Local") => Ok(true),
-        Some(other) => Err(ValidationError::UnknownValue { field, value: other.to_owned() }),
+        Some(other) => Err(ValidationError::UnknownValue {
+            field,
+            value: other.to_owned(),
+        }),
     }
 }

@@ -63,10 +63,16 @@ pub(crate) fn categorize(
     if cluster.is_empty() {
         // With a topology mode chosen, some ready endpoint matched it; so an empty set here
         // means nothing is ready anywhere, and topology no longer matters.
-        cluster = indexed().filter(|(_, (ep, _))| serving_terminating(ep)).map(|(i, _)| i).collect();
+        cluster = indexed()
+            .filter(|(_, (ep, _))| serving_terminating(ep))
+            .map(|(i, _)| i)
+            .collect();
     }
 
-    let mut local: Vec<u32> = indexed().filter(|(_, (ep, _))| ep.is_local && ep.ready).map(|(i, _)| i).collect();
+    let mut local: Vec<u32> = indexed()
+        .filter(|(_, (ep, _))| ep.is_local && ep.ready)
+        .map(|(i, _)| i)
+        .collect();
     if local.is_empty() {
         local = indexed()
             .filter(|(_, (ep, _))| ep.is_local && serving_terminating(ep))
@@ -75,14 +81,23 @@ pub(crate) fn categorize(
     }
 
     let has_any = !cluster.is_empty();
-    Categories { cluster, local, has_any }
+    Categories {
+        cluster,
+        local,
+        has_any,
+    }
 }
 
 fn serving_terminating(endpoint: &Endpoint) -> bool {
     endpoint.serving && endpoint.terminating
 }
 
-fn topology_mode(endpoints: &[Endpoint], hints: &[Hints<'_>], node_name: &str, zone: Option<&str>) -> TopologyMode {
+fn topology_mode(
+    endpoints: &[Endpoint],
+    hints: &[Hints<'_>],
+    node_name: &str,
+    zone: Option<&str>,
+) -> TopologyMode {
     let mut any_ready = false;
     let (mut all_node_hints, mut node_match) = (true, false);
     let (mut all_zone_hints, mut zone_match) = (true, false);
@@ -117,6 +132,8 @@ fn available(hint: &Hints<'_>, mode: TopologyMode, node_name: &str, zone: Option
     match mode {
         TopologyMode::None => true,
         TopologyMode::SameNode => hint.for_nodes.iter().any(|n| &**n == node_name),
-        TopologyMode::SameZone => zone.is_some_and(|zone| hint.for_zones.iter().any(|z| &**z == zone)),
+        TopologyMode::SameZone => {
+            zone.is_some_and(|zone| hint.for_zones.iter().any(|z| &**z == zone))
+        }
     }
 }

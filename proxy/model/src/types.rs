@@ -163,7 +163,10 @@ pub enum Verdict {
 
 impl Verdict {
     /// The endpoints of `port` this verdict forwards to; empty for reject and drop.
-    pub fn endpoints<'a>(&'a self, port: &'a ServicePort) -> impl Iterator<Item = &'a Endpoint> + 'a {
+    pub fn endpoints<'a>(
+        &'a self,
+        port: &'a ServicePort,
+    ) -> impl Iterator<Item = &'a Endpoint> + 'a {
         let set: &'a [u32] = match self {
             Self::Forward(set) => &set.0,
             Self::Reject | Self::Drop => &[],

@@ -49,12 +49,30 @@ pub struct ModelWarning {
 }
 
 impl ModelWarning {
-    pub(crate) fn object_ignored(kind: ObjectKind, object: &ObjectKey, reason: ValidationError) -> Self {
-        Self { kind, object: object.clone(), effect: WarningEffect::ObjectIgnored, reason }
+    pub(crate) fn object_ignored(
+        kind: ObjectKind,
+        object: &ObjectKey,
+        reason: ValidationError,
+    ) -> Self {
+        Self {
+            kind,
+            object: object.clone(),
+            effect: WarningEffect::ObjectIgnored,
+            reason,
+        }
     }
 
-    pub(crate) fn value_ignored(kind: ObjectKind, object: &ObjectKey, reason: ValidationError) -> Self {
-        Self { kind, object: object.clone(), effect: WarningEffect::ValueIgnored, reason }
+    pub(crate) fn value_ignored(
+        kind: ObjectKind,
+        object: &ObjectKey,
+        reason: ValidationError,
+    ) -> Self {
+        Self {
+            kind,
+            object: object.clone(),
+            effect: WarningEffect::ValueIgnored,
+            reason,
+        }
     }
 }
 
@@ -65,7 +83,11 @@ impl fmt::Display for ModelWarning {
                 write!(f, "ignoring {} {}: {}", self.kind, self.object, self.reason)
             }
             WarningEffect::ValueIgnored => {
-                write!(f, "{} {}: ignoring a value: {}", self.kind, self.object, self.reason)
+                write!(
+                    f,
+                    "{} {}: ignoring a value: {}",
+                    self.kind, self.object, self.reason
+                )
             }
         }
     }

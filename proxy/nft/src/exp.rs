@@ -4,6 +4,8 @@ use std::{net::{IpAddr, Ipv4Addr}, sync::Arc, time::Instant};
 
 use crate::{Backend, ir::*, netlink::NetlinkBackend};
 
+fn size() -> Option<u32> { std::env::var("EXP_SIZE").ok().map(|s| s.parse().unwrap()) }
+fn cmt(c: Name) -> Option<Name> { if std::env::var("EXP_NOCOMMENT").is_ok() { None } else { Some(c) } }
 fn n(s: &str) -> Name { Arc::from(s) }
 
 const KEY3: Concat = &[DataType::Ipv4Addr, DataType::InetProto, DataType::InetService];
@@ -15,8 +17,8 @@ fn base(tx: &mut Transaction) {
     tx.push(Op::AddTable(f));
     tx.push(Op::AddChain(f, Chain { name: n("nat-prerouting"), hook: Some(BaseHook { chain_type: ChainType::Nat, hook: Hook::Prerouting, priority: -100 }), comment: None }));
     tx.push(Op::AddChain(f, Chain { name: n("nat-output"), hook: Some(BaseHook { chain_type: ChainType::Nat, hook: Hook::Output, priority: -100 }), comment: None }));
-    tx.push(Op::AddSet(f, Set { name: n("service-ips"), key: KEY3, data: Some(SetData::Verdict), interval: false, timeout_ms: None, comment: Some(n("ClusterIP, ExternalIP and LoadBalancer IP traffic")) }));
-    tx.push(Op::AddSet(f, Set { name: n("cluster-ips"), key: &[DataType::Ipv4Addr], data: None, interval: false, timeout_ms: None, comment: None }));
+    tx.push(Op::AddSet(f, Set { name: n("service-ips"), key: KEY3, data: Some(SetData::Verdict), interval: false, timeout_ms: None, size: size(), comment: Some(n("ClusterIP, ExternalIP and LoadBalancer IP traffic")) }));
+    tx.push(Op::AddSet(f, Set { name: n("cluster-ips"), key: &[DataType::Ipv4Addr], data: None, interval: false, timeout_ms: None, size: size(), comment: None }));
     for c in ["nat-prerouting", "nat-output"] {
         tx.push(Op::AddRule(f, n(c), Rule { exprs: vec![
             Expr::Payload { field: Field::Daddr(f), dreg: Reg::r32(0) },
@@ -32,7 +34,7 @@ fn ep(i: u32, k: u32) -> IpAddr { IpAddr::V4(Ipv4Addr::from(0x0a80_0000 + i * 16
 
 fn layout_a(services: u32, eps: u32, tx: &mut Transaction) {
     let f = Family::Ip;
-    tx.push(Op::AddSet(f, Set { name: n("endpoint-slots"), key: &[DataType::Mark], data: Some(SetData::Value(&[DataType::Ipv4Addr, DataType::InetService])), interval: false, timeout_ms: None, comment: None }));
+    tx.push(Op::AddSet(f, Set { name: n("endpoint-slots"), key: &[DataType::Mark], data: Some(SetData::Value(&[DataType::Ipv4Addr, DataType::InetService])), interval: false, timeout_ms: None, size: size(), comment: None }));
     let mut svc_elems = Vec::new();
     let mut slot_elems = Vec::new();
     let mut cips = Vec::new();
@@ -67,8 +69,8 @@ fn layout_a(services: u32, eps: u32, tx: &mut Transaction) {
 fn layout_b(services: u32, eps: u32, tx: &mut Transaction) {
     let f = Family::Ip;
     const G2: Concat = &[DataType::Mark, DataType::Mark];
-    tx.push(Op::AddSet(f, Set { name: n("service-groups"), key: KEY3, data: Some(SetData::Value(&[DataType::Mark])), interval: false, timeout_ms: None, comment: None }));
-    tx.push(Op::AddSet(f, Set { name: n("endpoints"), key: G2, data: Some(SetData::Value(&[DataType::Ipv4Addr, DataType::InetService])), interval: false, timeout_ms: None, comment: None }));
+    tx.push(Op::AddSet(f, Set { name: n("service-groups"), key: KEY3, data: Some(SetData::Value(&[DataType::Mark])), interval: false, timeout_ms: None, size: size(), comment: None }));
+    tx.push(Op::AddSet(f, Set { name: n("endpoints"), key: G2, data: Some(SetData::Value(&[DataType::Ipv4Addr, DataType::InetService])), interval: false, timeout_ms: None, size: size(), comment: None }));
     let lb = n(&format!("lb-{eps}"));
     tx.push(Op::AddChain(f, Chain { name: lb.clone(), hook: None, comment: None }));
     tx.push(Op::AddRule(f, lb.clone(), Rule { exprs: vec![
@@ -86,17 +88,18 @@ fn layout_b(services: u32, eps: u32, tx: &mut Transaction) {
     let mut cips = Vec::new();
     let cm = n("ns/name:http/tcp");
     for i in 0..services {
-        svc_elems.push(Element { key: Value::Frontend(vip(i), 6, 80), data: Some(ElemData::Verdict(Verdict::Goto(lb.clone()))), comment: Some(cm.clone()) });
+        svc_elems.push(Element { key: Value::Frontend(vip(i), 6, 80), data: Some(ElemData::Verdict(Verdict::Goto(lb.clone()))), comment: cmt(cm.clone()) });
         grp.push(Element { key: Value::Frontend(vip(i), 6, 80), data: Some(ElemData::Value(Value::Slot(i))), comment: None });
         cips.push(Element::key(Value::Addr(vip(i))));
         for k in 0..eps {
             slot_elems.push(Element { key: Value::AddrPair(IpAddr::V4(Ipv4Addr::from(i)), IpAddr::V4(Ipv4Addr::from(k.swap_bytes()))), data: Some(ElemData::Value(Value::AddrPort(ep(i, k), 8080))), comment: None });
         }
     }
-    tx.push(Op::AddElements(f, n("service-ips"), svc_elems));
-    tx.push(Op::AddElements(f, n("service-groups"), grp));
-    tx.push(Op::AddElements(f, n("cluster-ips"), cips));
-    tx.push(Op::AddElements(f, n("endpoints"), slot_elems));
+    let only = std::env::var("EXP_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "svc" { tx.push(Op::AddElements(f, n("service-ips"), svc_elems)); }
+    if only.is_empty() || only == "grp" { tx.push(Op::AddElements(f, n("service-groups"), grp)); }
+    if only.is_empty() || only == "cips" { tx.push(Op::AddElements(f, n("cluster-ips"), cips)); }
+    if only.is_empty() || only == "eps" { tx.push(Op::AddElements(f, n("endpoints"), slot_elems)); }
 }
 
 fn run(label: &str, services: u32, build: fn(u32, u32, &mut Transaction)) {
@@ -125,6 +128,7 @@ fn run(label: &str, services: u32, build: fn(u32, u32, &mut Transaction)) {
     small.push(Op::AddElements(f, n(if label == "A" {"endpoint-slots"} else {"endpoints"}), vec![Element { key: if label == "A" { Value::Slot(5) } else { Value::AddrPair(IpAddr::V4(Ipv4Addr::from(0)), IpAddr::V4(Ipv4Addr::from(5u32.swap_bytes()))) }, data: Some(ElemData::Value(Value::AddrPort(ep(99, 99), 1))), comment: None }]));
     let r = b.apply(&small);
     eprintln!("   one element: {:?} {:?}", t5.elapsed(), r.err());
+    if label == "C" { return; }
     if label == "A" {
         let t6 = Instant::now();
         let name = n("svc-namespace-0/service-0/tcp/http");
@@ -147,6 +151,55 @@ fn run(label: &str, services: u32, build: fn(u32, u32, &mut Transaction)) {
     }
 }
 
+fn layout_c(services: u32, eps: u32, tx: &mut Transaction) {
+    let f = Family::Ip;
+    const K4: Concat = &[DataType::Ipv4Addr, DataType::InetProto, DataType::InetService, DataType::Mark];
+    tx.push(Op::AddSet(f, Set { name: n("service-classes"), key: KEY3, data: Some(SetData::Value(&[DataType::Mark])), interval: false, timeout_ms: None, size: size(), comment: None }));
+    tx.push(Op::AddSet(f, Set { name: n("class-chains"), key: &[DataType::Mark], data: Some(SetData::Verdict), interval: false, timeout_ms: None, size: None, comment: None }));
+    tx.push(Op::AddSet(f, Set { name: n("endpoints"), key: K4, data: Some(SetData::Value(&[DataType::Ipv4Addr, DataType::InetService])), interval: false, timeout_ms: None, size: size().map(|s| s * 10), comment: None }));
+    let lb = n(&format!("lb-{eps}"));
+    tx.push(Op::AddChain(f, Chain { name: lb.clone(), hook: None, comment: None }));
+    if std::env::var("EXP_NOLB").is_err() { tx.push(Op::AddRule(f, lb.clone(), Rule { exprs: vec![
+        Expr::Payload { field: Field::Daddr(f), dreg: Reg::r32(0) },
+        Expr::Meta { key: MetaKey::L4Proto, dreg: Reg::r32(1) },
+        Expr::Payload { field: Field::ThDport, dreg: Reg::r32(2) },
+        Expr::Numgen { dreg: Reg::r32(3), modulus: eps, offset: 0 },
+        Expr::Lookup { set: n("endpoints"), sreg: Reg::r32(0), dreg: Some(Reg::r32(0)), invert: false },
+        Expr::Nat { kind: NatKind::Dnat, family: f, addr: Reg::r32(0), port: Some(Reg::r32(1)) },
+    ], comment: None })); }
+    tx.push(Op::AddElements(f, n("class-chains"), vec![Element { key: Value::Slot(7), data: Some(ElemData::Verdict(Verdict::Goto(lb.clone()))), comment: Some(n("10 endpoints")) }]));
+    for c in ["nat-prerouting", "nat-output"] {
+        if std::env::var("EXP_NODISPATCH").is_ok() { continue; }
+        tx.push(Op::AddRule(f, n(c), Rule { exprs: vec![
+            Expr::Payload { field: Field::Daddr(f), dreg: Reg::r32(0) },
+            Expr::Meta { key: MetaKey::L4Proto, dreg: Reg::r32(1) },
+            Expr::Payload { field: Field::ThDport, dreg: Reg::r32(2) },
+            Expr::Lookup { set: n("service-classes"), sreg: Reg::r32(0), dreg: Some(Reg::r32(0)), invert: false },
+            Expr::Lookup { set: n("class-chains"), sreg: Reg::r32(0), dreg: Some(Reg::VERDICT), invert: false },
+        ], comment: None }));
+    }
+    let mut svc_elems = Vec::new();
+    let mut slot_elems = Vec::new();
+    let mut cips = Vec::new();
+    let cm = n("ns/name:http/tcp");
+    for i in 0..services {
+        svc_elems.push(Element { key: Value::Frontend(vip(i), 6, 80), data: Some(ElemData::Value(Value::Slot(7))), comment: cmt(cm.clone()) });
+        cips.push(Element::key(Value::Addr(vip(i))));
+        for k in 0..eps {
+            slot_elems.push(Element { key: Value::FrontendSlot(vip(i), 6, 80, k), data: Some(ElemData::Value(Value::AddrPort(ep(i, k), 8080))), comment: None });
+        }
+    }
+    tx.push(Op::AddElements(f, n("service-classes"), svc_elems));
+    tx.push(Op::AddElements(f, n("cluster-ips"), cips));
+    tx.push(Op::AddElements(f, n("endpoints"), slot_elems));
+    if std::env::var("EXP_LIST").is_ok() {
+        let tid = unsafe { libc::gettid() };
+        let pid = std::process::id();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let _ = (tid, pid);
+    }
+}
+
 #[test]
 #[ignore]
 fn layout_experiment() {
@@ -156,6 +209,12 @@ fn layout_experiment() {
         for &s in &sizes {
             if std::env::var("EXP_A").is_ok() { run("A", s, layout_a); }
             if std::env::var("EXP_B").is_ok() { run("B", s, layout_b); }
+            if std::env::var("EXP_C").is_ok() { run("C", s, layout_c); }
+            if std::env::var("EXP_LIST").is_ok() {
+                let tid = unsafe { libc::gettid() };
+                let out = std::process::Command::new("nsenter").arg(format!("--net=/proc/{}/task/{tid}/ns/net", std::process::id())).args(["nft", "list", "table", "ip", "kproxy"]).output().unwrap();
+                eprintln!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            }
         }
     }).join().unwrap();
 }

@@ -351,6 +351,8 @@ pub(crate) struct Set {
     pub(crate) interval: bool,
     /// Dynamic set with this element timeout (affinity).
     pub(crate) timeout_ms: Option<u64>,
+    /// Expected number of elements, when known: lets the kernel size its hash table once.
+    pub(crate) size: Option<u32>,
     pub(crate) comment: Option<Name>,
 }
 
@@ -365,6 +367,8 @@ pub(crate) enum Value {
     AddrPort(IpAddr, u16),
     /// `mark` (an endpoint slot).
     Slot(u32),
+    /// `addr . inet_proto . inet_service . mark`: an endpoint slot of one frontend.
+    FrontendSlot(IpAddr, u8, u16, u32),
     /// `addr . addr`.
     AddrPair(IpAddr, IpAddr),
     /// `addr . inet_proto . inet_service . addr` where the last field is a range (an

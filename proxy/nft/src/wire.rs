@@ -84,6 +84,7 @@ const NFTA_SET_DESC: u16 = 9;
 const NFTA_SET_ID: u16 = 10;
 const NFTA_SET_TIMEOUT: u16 = 11;
 const NFTA_SET_USERDATA: u16 = 13;
+const NFTA_SET_DESC_SIZE: u16 = 1;
 const NFTA_SET_DESC_CONCAT: u16 = 2;
 const NFTA_SET_FIELD_LEN: u16 = 1;
 const NFTA_LIST_ELEM: u16 = 1;
@@ -113,9 +114,9 @@ const UDATA_SET_COMMENT: u8 = 7;
 /// nft refuses to parse longer comments back (NFTNL_UDATA_COMMENT_MAXLEN).
 const COMMENT_MAX: usize = 127;
 
-/// Elements per NEWSETELEM/DELSETELEM message: keeps each message well under the
-/// kernel's per-message limits while amortising headers.
-const ELEMENTS_PER_MSG: usize = 2048;
+/// Bytes of elements per NEWSETELEM/DELSETELEM message: the element list is one nested
+/// attribute, whose length field is 16 bits.
+const ELEMENT_BYTES_PER_MSG: usize = 60 << 10;
 
 /// A netlink attribute writer over one growing buffer.
 #[derive(Debug, Default)]
@@ -258,6 +259,12 @@ fn value_bytes(v: &Value, out: &mut Vec<u8>) {
             port(*po, out);
         }
         Value::Slot(s) => out.extend_from_slice(&s.to_ne_bytes()),
+        Value::FrontendSlot(a, pr, po, s) => {
+            addr(a, out);
+            proto(*pr, out);
+            port(*po, out);
+            out.extend_from_slice(&s.to_ne_bytes());
+        }
         Value::AddrPair(a, b) => {
             addr(a, out);
             addr(b, out);
@@ -381,15 +388,9 @@ impl BatchEncoder {
                 self.w.attr_str(NFTA_SET_NAME, name);
                 self.w.end_msg(m);
             }
-            Op::AddElements(_, set, elems) => {
-                for chunk in elems.chunks(ELEMENTS_PER_MSG) {
-                    self.elements(index, fam, MsgType::NewSetElem, set, chunk);
-                }
-            }
+            Op::AddElements(_, set, elems) => self.elements(index, fam, MsgType::NewSetElem, set, elems),
             Op::DeleteElements(_, set, elems) => {
-                for chunk in elems.chunks(ELEMENTS_PER_MSG) {
-                    self.elements(index, fam, MsgType::DelSetElem, set, chunk);
-                }
+                self.elements(index, fam, MsgType::DelSetElem, set, elems);
             }
         }
     }
@@ -462,7 +463,11 @@ impl BatchEncoder {
         if let Some(t) = set.timeout_ms {
             self.w.attr(NFTA_SET_TIMEOUT, &t.to_be_bytes());
         }
-        if set.key.len() > 1 && set.interval {
+        if let Some(size) = set.size {
+            let desc = self.w.nest(NFTA_SET_DESC);
+            self.w.attr_be32(NFTA_SET_DESC_SIZE, size);
+            self.w.end_nest(desc);
+        } else if set.key.len() > 1 && set.interval {
             let desc = self.w.nest(NFTA_SET_DESC);
             let concat = self.w.nest(NFTA_SET_DESC_CONCAT);
             for f in set.key {
@@ -481,41 +486,55 @@ impl BatchEncoder {
         self.w.end_msg(m);
     }
 
+    /// Element messages: as many elements per message as fit one nested attribute.
     fn elements(&mut self, index: usize, fam: Family, t: MsgType, set: &str, elems: &[Element]) {
-        let flags = if matches!(t, MsgType::NewSetElem) { NLM_F_CREATE } else { 0 };
-        let m = self.msg(index, t, flags, fam);
-        self.w.attr_str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
-        self.w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
-        let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-        let mut scratch = Vec::with_capacity(64);
         let add = matches!(t, MsgType::NewSetElem);
-        for e in elems {
-            let el = self.w.nest(NFTA_LIST_ELEM);
-            scratch.clear();
-            value_bytes(&e.key, &mut scratch);
-            self.w.data_value(NFTA_SET_ELEM_KEY, &scratch);
-            scratch.clear();
-            if value_end_bytes(&e.key, &mut scratch) {
-                self.w.data_value(NFTA_SET_ELEM_KEY_END, &scratch);
-            }
-            if add {
-                match &e.data {
-                    Some(ElemData::Verdict(v)) => self.w.verdict(NFTA_SET_ELEM_DATA, v),
-                    Some(ElemData::Value(v)) => {
-                        scratch.clear();
-                        value_bytes(v, &mut scratch);
-                        self.w.data_value(NFTA_SET_ELEM_DATA, &scratch);
-                    }
-                    None => {}
+        let flags = if add { NLM_F_CREATE } else { 0 };
+        let mut scratch = Vec::with_capacity(64);
+        let mut rest = elems;
+        while !rest.is_empty() {
+            let m = self.msg(index, t, flags, fam);
+            self.w.attr_str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+            self.w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+            let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+            let mut taken = 0;
+            for e in rest {
+                if self.w.buf.len() - list > ELEMENT_BYTES_PER_MSG {
+                    break;
                 }
-                if let Some(c) = &e.comment {
-                    self.w.comment(NFTA_SET_ELEM_USERDATA, UDATA_COMMENT, c);
-                }
+                self.element(e, add, &mut scratch);
+                taken += 1;
             }
-            self.w.end_nest(el);
+            rest = &rest[taken..];
+            self.w.end_nest(list);
+            self.w.end_msg(m);
         }
-        self.w.end_nest(list);
-        self.w.end_msg(m);
+    }
+
+    fn element(&mut self, e: &Element, add: bool, scratch: &mut Vec<u8>) {
+        let el = self.w.nest(NFTA_LIST_ELEM);
+        scratch.clear();
+        value_bytes(&e.key, scratch);
+        self.w.data_value(NFTA_SET_ELEM_KEY, scratch);
+        scratch.clear();
+        if value_end_bytes(&e.key, scratch) {
+            self.w.data_value(NFTA_SET_ELEM_KEY_END, scratch);
+        }
+        if add {
+            match &e.data {
+                Some(ElemData::Verdict(v)) => self.w.verdict(NFTA_SET_ELEM_DATA, v),
+                Some(ElemData::Value(v)) => {
+                    scratch.clear();
+                    value_bytes(v, scratch);
+                    self.w.data_value(NFTA_SET_ELEM_DATA, scratch);
+                }
+                None => {}
+            }
+            if let Some(c) = &e.comment {
+                self.w.comment(NFTA_SET_ELEM_USERDATA, UDATA_COMMENT, c);
+            }
+        }
+        self.w.end_nest(el);
     }
 
     /// Closes the batch; `ack` goes on the last message so the kernel answers exactly

@@ -23,7 +23,10 @@ pub(super) const POD_CIDR6: &str = "fd00:244::/48";
 
 /// A config for [`THIS_NODE`] with no cluster CIDR.
 pub(super) fn config() -> ModelConfig {
-    ModelConfig { node_name: THIS_NODE.to_owned(), ..ModelConfig::default() }
+    ModelConfig {
+        node_name: THIS_NODE.to_owned(),
+        ..ModelConfig::default()
+    }
 }
 
 /// [`config`] with both families' pod CIDRs.
@@ -37,7 +40,10 @@ pub(super) fn config_with_cidrs() -> ModelConfig {
 /// Parses manifests into a cluster state; every document must parse.
 pub(super) fn state(yaml: &str) -> ClusterState {
     let (state, errors) = state_and_errors(yaml);
-    assert!(errors.is_empty(), "fixture does not parse: {errors:?}\n{yaml}");
+    assert!(
+        errors.is_empty(),
+        "fixture does not parse: {errors:?}\n{yaml}"
+    );
     state
 }
 
@@ -77,7 +83,11 @@ pub(super) fn build_yaml(yaml: &str, config: &ModelConfig) -> Built {
 /// Builds, and asserts nothing was warned about.
 pub(super) fn build_clean(yaml: &str, config: &ModelConfig) -> Built {
     let built = build_yaml(yaml, config);
-    assert!(built.warnings.is_empty(), "unexpected warnings: {:?}", warning_lines(&built));
+    assert!(
+        built.warnings.is_empty(),
+        "unexpected warnings: {:?}",
+        warning_lines(&built)
+    );
     built
 }
 
@@ -87,7 +97,12 @@ pub(super) fn warning_lines(built: &Built) -> Vec<String> {
 }
 
 /// The service port `service`:`port_name` (namespace "default") of `family`.
-pub(super) fn port<'a>(built: &'a Built, service: &str, port_name: &str, family: IpFamily) -> &'a ServicePort {
+pub(super) fn port<'a>(
+    built: &'a Built,
+    service: &str,
+    port_name: &str,
+    family: IpFamily,
+) -> &'a ServicePort {
     built
         .model
         .ports
@@ -98,7 +113,12 @@ pub(super) fn port<'a>(built: &'a Built, service: &str, port_name: &str, family:
                 && p.key.name.name == service
                 && p.key.name.port_name == port_name
         })
-        .unwrap_or_else(|| panic!("no port {service}:{port_name} {family:?} in {:?}", built.model.ports.keys()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no port {service}:{port_name} {family:?} in {:?}",
+                built.model.ports.keys()
+            )
+        })
 }
 
 /// Every service port of one Service.
@@ -119,8 +139,10 @@ pub(super) fn show(verdict: &Verdict, port: &ServicePort) -> String {
         Verdict::Drop => "DROP".to_owned(),
         Verdict::Forward(set) => {
             assert!(!set.is_empty(), "Forward with an empty set");
-            let mut shown: Vec<String> =
-                set.iter(port).map(|ep| std::net::SocketAddr::new(ep.ip, ep.port).to_string()).collect();
+            let mut shown: Vec<String> = set
+                .iter(port)
+                .map(|ep| std::net::SocketAddr::new(ep.ip, ep.port).to_string())
+                .collect();
             shown.sort();
             shown.join(" ")
         }
@@ -161,7 +183,11 @@ pub(super) fn svc(name: &str, cluster_ip: &str) -> Svc {
         namespace: None,
         labels: Vec::new(),
         service_type: None,
-        cluster_ips: if cluster_ip.is_empty() { Vec::new() } else { vec![cluster_ip.to_owned()] },
+        cluster_ips: if cluster_ip.is_empty() {
+            Vec::new()
+        } else {
+            vec![cluster_ip.to_owned()]
+        },
         ports: Vec::new(),
         spec_extra: Vec::new(),
         ingress: Vec::new(),
@@ -195,12 +221,16 @@ impl Svc {
     }
 
     pub(super) fn port_proto(mut self, name: &str, port: u16, protocol: &str) -> Self {
-        self.ports.push(format!("{{name: \"{name}\", port: {port}, protocol: {protocol}}}"));
+        self.ports.push(format!(
+            "{{name: \"{name}\", port: {port}, protocol: {protocol}}}"
+        ));
         self
     }
 
     pub(super) fn node_port(mut self, name: &str, port: u16, node_port: u16) -> Self {
-        self.ports.push(format!("{{name: \"{name}\", port: {port}, nodePort: {node_port}}}"));
+        self.ports.push(format!(
+            "{{name: \"{name}\", port: {port}, nodePort: {node_port}}}"
+        ));
         self
     }
 
@@ -231,12 +261,17 @@ impl Svc {
 
     pub(super) fn source_ranges(self, ranges: &[&str]) -> Self {
         let quoted: Vec<String> = ranges.iter().map(|r| format!("\"{r}\"")).collect();
-        self.spec(&format!("loadBalancerSourceRanges: [{}]", quoted.join(", ")))
+        self.spec(&format!(
+            "loadBalancerSourceRanges: [{}]",
+            quoted.join(", ")
+        ))
     }
 
     /// A load-balancer ingress entry; `ip_mode` None leaves it unset.
     pub(super) fn lb_ingress(mut self, ip: &str, ip_mode: Option<&str>) -> Self {
-        let mode = ip_mode.map(|m| format!(", ipMode: {m}")).unwrap_or_default();
+        let mode = ip_mode
+            .map(|m| format!(", ipMode: {m}"))
+            .unwrap_or_default();
         self.ingress.push(format!("{{ip: \"{ip}\"{mode}}}"));
         self
     }
@@ -259,7 +294,11 @@ impl Svc {
         }
         if let Some(first) = self.cluster_ips.first() {
             writeln!(out, "  clusterIP: \"{first}\"").unwrap();
-            let quoted: Vec<String> = self.cluster_ips.iter().map(|ip| format!("\"{ip}\"")).collect();
+            let quoted: Vec<String> = self
+                .cluster_ips
+                .iter()
+                .map(|ip| format!("\"{ip}\""))
+                .collect();
             writeln!(out, "  clusterIPs: [{}]", quoted.join(", ")).unwrap();
         }
         if !self.ports.is_empty() {
@@ -269,7 +308,12 @@ impl Svc {
             writeln!(out, "  {line}").unwrap();
         }
         if !self.ingress.is_empty() {
-            writeln!(out, "status:\n  loadBalancer:\n    ingress: [{}]", self.ingress.join(", ")).unwrap();
+            writeln!(
+                out,
+                "status:\n  loadBalancer:\n    ingress: [{}]",
+                self.ingress.join(", ")
+            )
+            .unwrap();
         }
         out
     }
@@ -362,8 +406,10 @@ impl Ep {
     }
 
     fn yaml(&self, out: &mut String) {
-        let addresses: Vec<String> =
-            std::iter::once(&self.ip).chain(&self.extra_addresses).map(|ip| format!("\"{ip}\"")).collect();
+        let addresses: Vec<String> = std::iter::once(&self.ip)
+            .chain(&self.extra_addresses)
+            .map(|ip| format!("\"{ip}\""))
+            .collect();
         writeln!(out, "- addresses: [{}]", addresses.join(", ")).unwrap();
         if let Some(node) = &self.node {
             writeln!(out, "  nodeName: {node}").unwrap();
@@ -371,16 +417,26 @@ impl Ep {
         if let Some(zone) = &self.zone {
             writeln!(out, "  zone: {zone}").unwrap();
         }
-        let conditions: Vec<String> = [("ready", self.ready), ("serving", self.serving), ("terminating", self.terminating)]
-            .into_iter()
-            .filter_map(|(name, value)| value.map(|v| format!("{name}: {v}")))
-            .collect();
+        let conditions: Vec<String> = [
+            ("ready", self.ready),
+            ("serving", self.serving),
+            ("terminating", self.terminating),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name}: {v}")))
+        .collect();
         if !conditions.is_empty() {
             writeln!(out, "  conditions: {{{}}}", conditions.join(", ")).unwrap();
         }
         if !self.zone_hints.is_empty() || !self.node_hints.is_empty() {
             out.push_str("  hints:\n");
-            let names = |names: &[String]| names.iter().map(|n| format!("{{name: {n}}}")).collect::<Vec<_>>().join(", ");
+            let names = |names: &[String]| {
+                names
+                    .iter()
+                    .map(|n| format!("{{name: {n}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             if !self.zone_hints.is_empty() {
                 writeln!(out, "    forZones: [{}]", names(&self.zone_hints)).unwrap();
             }
@@ -447,7 +503,9 @@ impl Slice {
     }
 
     pub(super) fn port_proto(mut self, name: &str, port: u16, protocol: &str) -> Self {
-        self.ports.push(format!("{{name: \"{name}\", port: {port}, protocol: {protocol}}}"));
+        self.ports.push(format!(
+            "{{name: \"{name}\", port: {port}, protocol: {protocol}}}"
+        ));
         self
     }
 
@@ -463,12 +521,16 @@ impl Slice {
     }
 
     pub(super) fn yaml(&self) -> String {
-        let mut out = String::from("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n");
+        let mut out =
+            String::from("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n");
         writeln!(out, "  name: {}", self.name).unwrap();
         if let Some(namespace) = &self.namespace {
             writeln!(out, "  namespace: {namespace}").unwrap();
         }
-        let service_label = self.service.as_ref().map(|s| (crate::LABEL_SERVICE_NAME.to_owned(), s.clone()));
+        let service_label = self
+            .service
+            .as_ref()
+            .map(|s| (crate::LABEL_SERVICE_NAME.to_owned(), s.clone()));
         let labels: Vec<&(String, String)> = service_label.iter().chain(&self.labels).collect();
         if !labels.is_empty() {
             out.push_str("  labels:\n");
@@ -496,7 +558,9 @@ pub(super) fn node(zone: Option<&str>) -> String {
 }
 
 pub(super) fn node_named(name: &str, zone: Option<&str>) -> String {
-    let labels = zone.map(|z| format!("  labels:\n    {}: {z}\n", crate::LABEL_TOPOLOGY_ZONE)).unwrap_or_default();
+    let labels = zone
+        .map(|z| format!("  labels:\n    {}: {z}\n", crate::LABEL_TOPOLOGY_ZONE))
+        .unwrap_or_default();
     format!(
         "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n{labels}status:\n  addresses:\n  \
          - {{type: Hostname, address: {name}}}\n  - {{type: InternalIP, address: \"{NODE_IP4}\"}}\n  \

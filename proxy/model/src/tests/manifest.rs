@@ -9,7 +9,9 @@ fn keys(text: &str) -> Vec<String> {
     parse_documents(text)
         .into_iter()
         .map(|result| match result {
-            Ok(ManifestObject::Ignored { api_version, kind }) => format!("ignored {api_version} {kind}"),
+            Ok(ManifestObject::Ignored { api_version, kind }) => {
+                format!("ignored {api_version} {kind}")
+            }
             Ok(object) => format!("{} {}", object.kind(), object.key().unwrap()),
             Err(error) => format!("error {error}"),
         })
@@ -23,7 +25,14 @@ fn multi_document_yaml_with_empty_and_comment_documents() {
     let text = format!(
         "# leading comment\n---\n{SERVICE}---\n---\n# only a comment\n...\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-a, namespace: junk}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app}}\n---\n~\n"
     );
-    assert_eq!(keys(&text), ["Service default/web", "Node node-a", "ignored apps/v1 Deployment"]);
+    assert_eq!(
+        keys(&text),
+        [
+            "Service default/web",
+            "Node node-a",
+            "ignored apps/v1 Deployment"
+        ]
+    );
 }
 
 #[test]
@@ -46,7 +55,10 @@ fn json_stream_and_json_list() {
   {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"}},
   {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
 ]}"#;
-    assert_eq!(keys(text), ["Service default/a", "Node n", "ignored v1 ConfigMap"]);
+    assert_eq!(
+        keys(text),
+        ["Service default/a", "Node n", "ignored v1 ConfigMap"]
+    );
 }
 
 #[test]
@@ -54,21 +66,38 @@ fn yaml_list_items_are_objects_and_bad_items_are_named() {
     let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: a, namespace: x}, spec: {ports: [{port: 80}]}}\n- {apiVersion: v1, kind: Service, metadata: {name: b}, spec: {ports: [{port: eighty}]}}\n- {kind: Service, metadata: {name: c}}\n";
     let results = keys(text);
     assert_eq!(results[0], "Service x/a");
-    assert!(results[1].starts_with("error document 1 (line 1), Service b: invalid Service: items[1]"), "{results:?}");
-    assert!(results[2].ends_with("Service c: apiVersion is missing"), "{results:?}");
+    assert!(
+        results[1]
+            .starts_with("error document 1 (line 1), Service default/b: invalid Service: items[1]"),
+        "{results:?}"
+    );
+    assert!(
+        results[2].ends_with("Service default/c: apiVersion is missing"),
+        "{results:?}"
+    );
     assert_eq!(results.len(), 3);
 }
 
 #[test]
 fn errors_name_the_line_and_the_object() {
-    let text = format!("{SERVICE}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: broken\nspec:\n  ports:\n  - port: [1]\n");
+    let text = format!(
+        "{SERVICE}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: broken\nspec:\n  ports:\n  - port: [1]\n"
+    );
     let results = parse_documents(&text);
     assert!(results[0].is_ok());
     let error = results[1].as_ref().unwrap_err();
     assert_eq!((error.document, error.line), (2, 8));
-    assert_eq!(error.object.as_ref().and_then(|o| o.name.as_deref()), Some("broken"));
-    let DocumentErrorReason::InvalidObject { message, .. } = &error.reason else { panic!("{error}") };
-    assert!(message.contains("line 15"), "position in the whole text: {message}");
+    assert_eq!(
+        error.object.as_ref().and_then(|o| o.name.as_deref()),
+        Some("broken")
+    );
+    let DocumentErrorReason::InvalidObject { message, .. } = &error.reason else {
+        panic!("{error}")
+    };
+    assert!(
+        message.contains("line 15"),
+        "position in the whole text: {message}"
+    );
 }
 
 #[test]
@@ -76,13 +105,27 @@ fn syntax_error_spares_the_next_document() {
     let text = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: [\n---\n{SERVICE}");
     let results = keys(&text);
     assert_eq!(results.len(), 2);
-    assert!(results[0].starts_with("error document 1 (line 1): syntax error:") && results[0].contains("line"), "{results:?}");
+    assert!(
+        results[0].starts_with("error document 1 (line 1): syntax error:")
+            && results[0].contains("line"),
+        "{results:?}"
+    );
     assert_eq!(results[1], "Service default/web");
 }
 
 #[test]
 fn key_helper() {
-    let objects: Vec<ManifestObject> = parse_documents(SERVICE).into_iter().map(Result::unwrap).collect();
+    let objects: Vec<ManifestObject> = parse_documents(SERVICE)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(objects[0].key(), Some(ObjectKey::new("default", "web")));
-    assert_eq!(ManifestObject::Ignored { api_version: "v1".into(), kind: "Pod".into() }.key(), None);
+    assert_eq!(
+        ManifestObject::Ignored {
+            api_version: "v1".into(),
+            kind: "Pod".into()
+        }
+        .key(),
+        None
+    );
 }

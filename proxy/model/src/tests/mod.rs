@@ -1,5 +1,6 @@
 //! Behaviour tests of the whole model, from manifests to verdicts.
 
+mod bad_input;
 mod diff;
 mod dual_stack;
 mod endpoints;
@@ -8,5 +9,4 @@ mod ignore;
 mod manifest;
 mod services;
 mod topology;
-mod bad_input;
 mod verdicts;

@@ -172,14 +172,20 @@ fn cases() -> Vec<Case> {
         Case {
             name: "all terminating but serving: fallback for both sets",
             zone: None,
-            endpoints: vec![ep(A).serving_terminating().local(), ep(B).serving_terminating().remote()],
+            endpoints: vec![
+                ep(A).serving_terminating().local(),
+                ep(B).serving_terminating().remote(),
+            ],
             cluster: &[A, B],
             local: &[A],
         },
         Case {
             name: "only remote serving-terminating endpoints: local set empty, DROP",
             zone: None,
-            endpoints: vec![ep(A).serving_terminating().remote(), ep(B).serving_terminating().remote()],
+            endpoints: vec![
+                ep(A).serving_terminating().remote(),
+                ep(B).serving_terminating().remote(),
+            ],
             cluster: &[A, B],
             local: &[],
         },
@@ -198,7 +204,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "ready local endpoint beats terminating local endpoint",
             zone: None,
-            endpoints: vec![ep(A).local(), ep(B).serving_terminating().local(), ep(C).remote()],
+            endpoints: vec![
+                ep(A).local(),
+                ep(B).serving_terminating().local(),
+                ep(C).remote(),
+            ],
             cluster: &[A, C],
             local: &[A],
         },
@@ -226,11 +236,20 @@ fn cases() -> Vec<Case> {
         Case {
             name: "terminating and not serving: never used",
             zone: None,
-            endpoints: vec![ep(A).terminating_not_serving().local(), ep(B).terminating_not_serving()],
+            endpoints: vec![
+                ep(A).terminating_not_serving().local(),
+                ep(B).terminating_not_serving(),
+            ],
             cluster: &[],
             local: &[],
         },
-        Case { name: "no endpoints at all", zone: None, endpoints: vec![], cluster: &[], local: &[] },
+        Case {
+            name: "no endpoints at all",
+            zone: None,
+            endpoints: vec![],
+            cluster: &[],
+            local: &[],
+        },
     ]
 }
 
@@ -238,8 +257,15 @@ fn cases() -> Vec<Case> {
 fn categorize_endpoints() {
     for case in cases() {
         let yaml = node(case.zone)
-            + &svc("topo", "10.96.0.1").service_type("NodePort").node_port("p", 80, 30080).etp_local().yaml()
-            + &slice("topo-1", "topo").port("p", 80).endpoints(case.endpoints.clone()).yaml();
+            + &svc("topo", "10.96.0.1")
+                .service_type("NodePort")
+                .node_port("p", 80, 30080)
+                .etp_local()
+                .yaml()
+            + &slice("topo-1", "topo")
+                .port("p", 80)
+                .endpoints(case.endpoints.clone())
+                .yaml();
         let built = build_clean(&yaml, &config());
         let sp = port(&built, "topo", "p", IpFamily::V4);
         let external = sp.external.as_ref().expect("NodePort is external");
@@ -249,27 +275,60 @@ fn categorize_endpoints() {
             (true, false) => "DROP".to_owned(),
             (true, true) => "REJECT".to_owned(),
         };
-        assert_eq!(show(&external.cluster_verdict, sp), cluster, "{}: cluster set", case.name);
-        assert_eq!(show(&sp.internal, sp), cluster, "{}: internal (iTP Cluster)", case.name);
-        assert_eq!(show(&external.verdict, sp), local, "{}: local set", case.name);
+        assert_eq!(
+            show(&external.cluster_verdict, sp),
+            cluster,
+            "{}: cluster set",
+            case.name
+        );
+        assert_eq!(
+            show(&sp.internal, sp),
+            cluster,
+            "{}: internal (iTP Cluster)",
+            case.name
+        );
+        assert_eq!(
+            show(&external.verdict, sp),
+            local,
+            "{}: local set",
+            case.name
+        );
     }
 }
 
 #[test]
 fn internal_local_without_external_uses_local_set() {
     let cases: Vec<(&str, Vec<Ep>, String)> = vec![
-        ("all remote: DROP", vec![ep(A).remote(), ep(B).remote()], "DROP".to_owned()),
-        ("some local", vec![ep(A).local(), ep(B).remote()], fwd(&[A], 80)),
-        ("all local", vec![ep(A).local(), ep(B).local()], fwd(&[A, B], 80)),
+        (
+            "all remote: DROP",
+            vec![ep(A).remote(), ep(B).remote()],
+            "DROP".to_owned(),
+        ),
+        (
+            "some local",
+            vec![ep(A).local(), ep(B).remote()],
+            fwd(&[A], 80),
+        ),
+        (
+            "all local",
+            vec![ep(A).local(), ep(B).local()],
+            fwd(&[A, B], 80),
+        ),
         ("no endpoints: REJECT", vec![], "REJECT".to_owned()),
     ];
     for (name, endpoints, expected) in cases {
         let yaml = svc("itp", "10.96.0.2").port("p", 80).itp_local().yaml()
-            + &slice("itp-1", "itp").port("p", 80).endpoints(endpoints).yaml();
+            + &slice("itp-1", "itp")
+                .port("p", 80)
+                .endpoints(endpoints)
+                .yaml();
         let built = build_clean(&yaml, &config());
         let sp = port(&built, "itp", "p", IpFamily::V4);
         assert_eq!(show(&sp.internal, sp), expected, "{name}");
-        assert!(sp.external.is_none(), "{name}: ClusterIP-only has no external traffic");
+        assert!(
+            sp.external.is_none(),
+            "{name}: ClusterIP-only has no external traffic"
+        );
         assert!(sp.internal_policy_local, "{name}");
     }
 }
@@ -277,10 +336,16 @@ fn internal_local_without_external_uses_local_set() {
 #[test]
 fn external_policy_ignored_without_external_frontend() {
     let yaml = svc("etp", "10.96.0.3").port("p", 80).etp_local().yaml()
-        + &slice("etp-1", "etp").port("p", 80).endpoints([ep(A).remote(), ep(B).local()]).yaml();
+        + &slice("etp-1", "etp")
+            .port("p", 80)
+            .endpoints([ep(A).remote(), ep(B).local()])
+            .yaml();
     let built = build_clean(&yaml, &config());
     let sp = port(&built, "etp", "p", IpFamily::V4);
     assert!(sp.external.is_none());
-    assert!(!sp.external_policy_local, "ClusterIP type is not externally accessible");
+    assert!(
+        !sp.external_policy_local,
+        "ClusterIP type is not externally accessible"
+    );
     assert_eq!(show(&sp.internal, sp), fwd(&[A, B], 80));
 }

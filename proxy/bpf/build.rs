@@ -12,8 +12,9 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir
-        .parent()
-        .context("proxy/ has a parent")?
+        .ancestors()
+        .nth(2)
+        .context("proxy/bpf/ is two levels below the workspace root")?
         .join("proxy-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?.to_owned();
 

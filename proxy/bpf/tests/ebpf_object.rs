@@ -7,7 +7,7 @@ use aya::{
     maps::PerCpuArray,
     programs::{SchedClassifier, TcAttachType, tc},
 };
-use kproxy::ebpf_object::EBPF_OBJECT;
+use kproxy_bpf::object::EBPF_OBJECT;
 use kproxy_common::ProbeCounter;
 
 fn assert_root() {

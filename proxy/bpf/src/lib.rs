@@ -1,0 +1,3 @@
+//! kproxy's eBPF dataplane, userspace side.
+
+pub mod object;

@@ -1,0 +1,228 @@
+//! The sync loop: one task that owns the source, the last model and the dataplane.
+//!
+//! Bounded frequency, as kube-proxy's runner: an isolated change syncs at once, a burst is
+//! coalesced so syncs run no closer than `--min-sync-period`, a full resync runs every
+//! `--sync-period` (repairing anything changed behind kproxy's back), and a failed sync is
+//! retried with exponential backoff as a full sync. Nothing is synced until the source has
+//! its initial lists, so a starting agent never programs empty tables.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use kproxy_model::{ModelConfig, ProxyModel, build, diff};
+use tokio::time::sleep_until;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError},
+    health::Health,
+    source::{Source, SourceError},
+};
+
+/// First retry delay after a failed sync; doubles up to `--sync-period`.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// Timing and model configuration of the loop.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// `--min-sync-period`: no two syncs closer than this.
+    pub min_sync_period: Duration,
+    /// `--sync-period`: a full resync at least this often.
+    pub sync_period: Duration,
+    /// Model inputs besides the cluster state.
+    pub model: ModelConfig,
+    /// Read the node's interface addresses before each sync (for `--nodeport-addresses`
+    /// CIDRs); tests that pin `model.local_addresses` turn it off.
+    pub discover_local_addresses: bool,
+}
+
+/// What one sync attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The source has not listed everything yet; nothing was programmed.
+    NotReady,
+    /// Nothing changed since the last successful sync.
+    Unchanged,
+    /// The dataplane was brought to the model.
+    Synced {
+        /// Full (true) or partial.
+        full: bool,
+    },
+}
+
+/// The loop's state. Generic over the source and the dataplane so tests run it with fakes.
+pub struct SyncLoop<S, D> {
+    source: S,
+    dataplane: D,
+    config: SyncConfig,
+    health: Health,
+    /// The model as last programmed; None forces a full sync.
+    programmed: Option<ProxyModel>,
+    /// Set by failures and periodic resyncs.
+    need_full: bool,
+    /// Warnings already logged, so each problem is logged once, not once per sync.
+    logged_warnings: HashSet<String>,
+}
+
+impl<S: Source, D: Dataplane> SyncLoop<S, D> {
+    /// A loop that has synced nothing yet.
+    pub fn new(source: S, dataplane: D, config: SyncConfig, health: Health) -> Self {
+        Self {
+            source,
+            dataplane,
+            config,
+            health,
+            programmed: None,
+            need_full: true,
+            logged_warnings: HashSet::new(),
+        }
+    }
+
+    /// The dataplane, for inspection after the loop (tests).
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    /// Runs until `shutdown` resolves (Ok) or the source ends (Err). The datapath stays
+    /// programmed either way: only `kproxy cleanup` removes it.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<Self, SourceError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut pending = true;
+        let mut not_before = Instant::now();
+        let mut next_full = Instant::now() + self.config.sync_period;
+        let mut retry = RETRY_MIN;
+        loop {
+            let wake = if pending { not_before } else { next_full };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(self),
+                changed = self.source.changed() => {
+                    changed?;
+                    if !pending {
+                        self.health.queued(SystemTime::now());
+                    }
+                    pending = true;
+                }
+                () = sleep_until(wake.into()) => {
+                    if !pending {
+                        // Periodic resync: repairs anything changed behind our back.
+                        self.need_full = true;
+                        pending = true;
+                        self.health.queued(SystemTime::now());
+                        continue;
+                    }
+                    let started = Instant::now();
+                    match self.sync_once().await {
+                        Ok(Outcome::NotReady) => pending = false,
+                        Ok(outcome) => {
+                            pending = false;
+                            retry = RETRY_MIN;
+                            not_before = started + self.config.min_sync_period;
+                            if matches!(outcome, Outcome::Synced { full: true }) {
+                                next_full = started + self.config.sync_period;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, cause = %error_chain(&e), retry_in = ?retry, "sync failed; the previous kernel state stays; retrying with a full sync");
+                            self.need_full = true;
+                            not_before = Instant::now() + retry;
+                            retry = (retry * 2).min(self.config.sync_period.max(RETRY_MIN));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One sync: snapshot, build, apply (full or partial).
+    pub async fn sync_once(&mut self) -> Result<Outcome, DataplaneError> {
+        let span = info_span!("sync", mode = %self.dataplane.mode(), full = tracing::field::Empty);
+        async {
+            let Some(state) = self.source.snapshot() else {
+                debug!("waiting for the source's initial lists");
+                return Ok(Outcome::NotReady);
+            };
+            let started = Instant::now();
+            let mut model_config = self.config.model.clone();
+            if self.config.discover_local_addresses {
+                model_config.local_addresses = local_addresses();
+            }
+            let built = build(&state, &model_config);
+            self.log_new_warnings(&built.warnings);
+            let full = self.need_full || self.programmed.is_none();
+            tracing::Span::current().record("full", full);
+            let changes = self.programmed.as_ref().map(|old| diff(old, &built.model));
+            let applied = if full {
+                self.dataplane.sync_full(&built.model)?
+            } else {
+                let changes = changes.as_ref().expect("partial syncs have a previous model");
+                if changes.is_empty() {
+                    debug!("nothing changed");
+                    self.health.updated(SystemTime::now());
+                    return Ok(Outcome::Unchanged);
+                }
+                self.dataplane.sync_partial(&built.model, changes)?
+            };
+            info!(
+                service_ports = built.model.ports.len(),
+                added = changes.as_ref().map_or(built.model.ports.len(), |d| d.added.len()),
+                updated = changes.as_ref().map_or(0, |d| d.updated.len()),
+                removed = changes.as_ref().map_or(0, |d| d.removed.len()),
+                kernel_ops = applied.kernel_ops,
+                elapsed = ?started.elapsed(),
+                "synced"
+            );
+            self.programmed = Some(built.model);
+            self.need_full = false;
+            self.health.updated(SystemTime::now());
+            Ok(Outcome::Synced { full })
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn log_new_warnings(&mut self, warnings: &[kproxy_model::ModelWarning]) {
+        let current: HashSet<String> = warnings.iter().map(ToString::to_string).collect();
+        for w in &current {
+            if !self.logged_warnings.contains(w) {
+                warn!("{w}");
+            }
+        }
+        self.logged_warnings = current;
+    }
+}
+
+/// The error and its causes, joined, for one log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push(c.to_string());
+        cur = c.source();
+    }
+    out.join(": ")
+}
+
+/// Addresses configured on this network namespace's interfaces.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}

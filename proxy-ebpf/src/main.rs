@@ -1,22 +1,56 @@
+//! kproxy's eBPF programs.
+//!
+//! Socket load balancing (`sock.rs`): cgroup `sock_addr` hooks translate a Service address
+//! to a backend when a socket connects or sends, and translate it back when the socket
+//! receives or asks for its peer. The maps are declared here; their layout and the
+//! meaning of every field is documented in `kproxy-common`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::{classifier, map}, maps::PerCpuArray, programs::TcContext};
-use kproxy_common::ProbeCounter;
+mod sock;
 
-/// Packets seen by the probe program: read by the load test.
-#[map(name = "KPROXY_PROBE")]
-static KPROXY_PROBE: PerCpuArray<ProbeCounter> = PerCpuArray::with_max_entries(1, 0);
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use kproxy_common::{
+    AFFINITY_MATCH_MAX, AFFINITY_MAX, AffinityKey, AffinityMatchKey, AffinityValue, BACKENDS_MAX,
+    BPF_F_NO_PREALLOC, Backend, Config, Counter, REV_SOCK_MAX, RevSockKey, RevSockValue,
+    SERVICES_MAX, ServiceKey, ServiceValue, counter,
+};
 
-/// Counts packets and lets them pass. Proves the embedded object loads, attaches and runs;
-/// the datapath programs replace it.
-#[classifier]
-pub fn kproxy_probe(_ctx: TcContext) -> i32 {
-    if let Some(c) = KPROXY_PROBE.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { (*c).packets += 1 };
+// Map names must equal kproxy_common::MAP_*: userspace finds and pins them by these names.
+
+#[map(name = "KP_SERVICES_V1")]
+static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(SERVICES_MAX, BPF_F_NO_PREALLOC);
+
+#[map(name = "KP_BACKENDS_V1")]
+static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX, BPF_F_NO_PREALLOC);
+
+#[map(name = "KP_AFFINITY_V1")]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(AFFINITY_MAX, 0);
+
+#[map(name = "KP_AFF_MATCH_V1")]
+static AFFINITY_MATCH: HashMap<AffinityMatchKey, u32> =
+    HashMap::pinned(AFFINITY_MATCH_MAX, BPF_F_NO_PREALLOC);
+
+#[map(name = "KP_REV_SOCK_V1")]
+static REV_SOCK: LruHashMap<RevSockKey, RevSockValue> = LruHashMap::pinned(REV_SOCK_MAX, 0);
+
+#[map(name = "KP_CONFIG_V1")]
+static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "KP_COUNTERS_V1")]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(counter::COUNT, 0);
+
+/// Bumps one per-CPU counter.
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot; programs do not migrate CPUs while running.
+        unsafe { (*c).events += 1 };
     }
-    TC_ACT_OK
 }
 
 #[cfg(not(test))]

@@ -3,7 +3,10 @@
 //! A dataplane only translates: it receives the model (and, for partial syncs, what changed)
 //! and makes the kernel match it. It decides no policy.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use kproxy_model::{ModelDiff, ProxyModel};
 
@@ -55,13 +58,23 @@ pub trait Dataplane: Send {
     /// kernel allows. Used at start (adopting what a previous agent left) and after failures.
     fn sync_full(&mut self, model: &ProxyModel) -> Result<Applied, DataplaneError>;
     /// Applies only what `diff` says changed since the last successful sync.
-    fn sync_partial(&mut self, model: &ProxyModel, diff: &ModelDiff) -> Result<Applied, DataplaneError>;
+    fn sync_partial(
+        &mut self,
+        model: &ProxyModel,
+        diff: &ModelDiff,
+    ) -> Result<Applied, DataplaneError>;
 }
 
 /// An in-memory dataplane for tests of the sync loop: records what it was asked to do and
-/// can be told to fail.
-#[derive(Debug, Default)]
+/// can be told to fail. Clones share state, so a test keeps one while the loop owns another.
+#[derive(Debug, Clone, Default)]
 pub struct FakeDataplane {
+    inner: Arc<Mutex<FakeState>>,
+}
+
+/// What a [`FakeDataplane`] saw.
+#[derive(Debug, Default)]
+pub struct FakeState {
     /// The model as last programmed.
     pub programmed: Option<ProxyModel>,
     /// Every call: "full" or "partial", in order.
@@ -75,18 +88,26 @@ pub struct FakeDataplane {
 struct Injected;
 
 impl FakeDataplane {
-    fn call(&mut self, kind: &'static str, model: &ProxyModel) -> Result<Applied, DataplaneError> {
-        self.calls.push(kind);
-        if self.fail_next > 0 {
-            self.fail_next -= 1;
+    /// The recorded state.
+    pub fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.inner.lock().expect("fake dataplane lock")
+    }
+
+    fn call(&self, kind: &'static str, model: &ProxyModel) -> Result<Applied, DataplaneError> {
+        let mut state = self.state();
+        state.calls.push(kind);
+        if state.fail_next > 0 {
+            state.fail_next -= 1;
             return Err(DataplaneError {
                 mode: ProxyMode::Nftables,
                 operation: kind,
                 source: Box::new(Injected),
             });
         }
-        self.programmed = Some(model.clone());
-        Ok(Applied { kernel_ops: model.ports.len() })
+        state.programmed = Some(model.clone());
+        Ok(Applied {
+            kernel_ops: model.ports.len(),
+        })
     }
 }
 
@@ -95,9 +116,29 @@ impl Dataplane for FakeDataplane {
         ProxyMode::Nftables
     }
     fn sync_full(&mut self, model: &ProxyModel) -> Result<Applied, DataplaneError> {
-        self.call("full", model)
+        self.call("full sync", model)
     }
-    fn sync_partial(&mut self, model: &ProxyModel, _diff: &ModelDiff) -> Result<Applied, DataplaneError> {
-        self.call("partial", model)
+    fn sync_partial(
+        &mut self,
+        model: &ProxyModel,
+        _diff: &ModelDiff,
+    ) -> Result<Applied, DataplaneError> {
+        self.call("partial sync", model)
+    }
+}
+
+impl Dataplane for Box<dyn Dataplane> {
+    fn mode(&self) -> ProxyMode {
+        (**self).mode()
+    }
+    fn sync_full(&mut self, model: &ProxyModel) -> Result<Applied, DataplaneError> {
+        (**self).sync_full(model)
+    }
+    fn sync_partial(
+        &mut self,
+        model: &ProxyModel,
+        diff: &ModelDiff,
+    ) -> Result<Applied, DataplaneError> {
+        (**self).sync_partial(model, diff)
     }
 }

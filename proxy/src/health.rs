@@ -42,7 +42,10 @@ pub struct HealthBody {
 impl Health {
     /// `sync_period` is `--sync-period`; an update pending for twice that is unhealthy.
     pub fn new(sync_period: Duration) -> Self {
-        Self { inner: Arc::default(), timeout: sync_period * 2 }
+        Self {
+            inner: Arc::default(),
+            timeout: sync_period * 2,
+        }
     }
 
     /// An update is waiting to be applied (keeps the oldest pending time).
@@ -104,8 +107,14 @@ mod tests {
     #[test]
     fn rfc3339_matches_known_instants() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_796_166_061)), "2026-12-01T01:01:01Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_796_166_061)),
+            "2026-12-01T01:01:01Z"
+        );
     }
 
     #[test]
@@ -116,8 +125,14 @@ mod tests {
         h.updated(t0);
         assert!(h.check(t0, true).0);
         h.queued(t0 + Duration::from_secs(1));
-        assert!(h.check(t0 + Duration::from_secs(60), true).0, "pending for 59s < 60s");
-        assert!(!h.check(t0 + Duration::from_secs(62), true).0, "pending for 61s > 2 × 30s");
+        assert!(
+            h.check(t0 + Duration::from_secs(60), true).0,
+            "pending for 59s < 60s"
+        );
+        assert!(
+            !h.check(t0 + Duration::from_secs(62), true).0,
+            "pending for 61s > 2 × 30s"
+        );
         h.updated(t0 + Duration::from_secs(63));
         let (ok, body) = h.check(t0 + Duration::from_secs(64), false);
         assert!(ok);

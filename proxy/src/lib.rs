@@ -6,7 +6,11 @@
 //!                         └───────── sync loop (one task owns all state) ◀─────┘
 //! ```
 
-pub mod source;
+pub mod app;
+pub mod backends;
+pub mod cli;
 pub mod dataplane;
 pub mod health;
+pub mod servers;
+pub mod source;
 pub mod sync;

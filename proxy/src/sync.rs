@@ -159,7 +159,9 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
             let applied = if full {
                 self.dataplane.sync_full(&built.model)?
             } else {
-                let changes = changes.as_ref().expect("partial syncs have a previous model");
+                let changes = changes
+                    .as_ref()
+                    .expect("partial syncs have a previous model");
                 if changes.is_empty() {
                     debug!("nothing changed");
                     self.health.updated(SystemTime::now());

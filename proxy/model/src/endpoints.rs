@@ -202,6 +202,16 @@ pub(crate) struct Merged<'s> {
     pub(crate) hints: Vec<Hints<'s>>,
 }
 
+/// An endpoint copy found in a slice: address, target port, preference (best first),
+/// slice order, and the endpoint.
+type Candidate<'s> = (
+    IpAddr,
+    u16,
+    Reverse<(bool, bool, bool)>,
+    usize,
+    &'s SliceEndpoint,
+);
+
 /// Merges the endpoints every slice of a Service has for the port `port_name`/`protocol`
 /// in `family`. `slices` must be in a stable order (by slice name).
 ///
@@ -219,13 +229,7 @@ pub(crate) fn merge<'s>(
     let is_local = |endpoint: &SliceEndpoint| {
         !node_name.is_empty() && endpoint.node_name.as_deref() == Some(node_name)
     };
-    let mut candidates: Vec<(
-        IpAddr,
-        u16,
-        Reverse<(bool, bool, bool)>,
-        usize,
-        &'s SliceEndpoint,
-    )> = Vec::new();
+    let mut candidates: Vec<Candidate<'s>> = Vec::new();
     for (order, slice) in slices.iter().enumerate() {
         if slice.family != family {
             continue;
@@ -242,7 +246,7 @@ pub(crate) fn merge<'s>(
             candidates.push((endpoint.ip, port.port, rank, order, endpoint));
         }
     }
-    candidates.sort_unstable_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
+    candidates.sort_unstable_by_key(|c| (c.0, c.1, c.2, c.3));
     candidates.dedup_by(|later, kept| (later.0, later.1) == (kept.0, kept.1));
 
     let mut merged = Merged {

@@ -213,13 +213,13 @@ fn parse_type(value: Option<&str>) -> Result<ServiceType, ValidationError> {
 fn parse_cluster_ips(spec: &ServiceSpec) -> Result<Option<Vec<IpAddr>>, ValidationError> {
     let listed = spec.cluster_ips.as_deref().unwrap_or_default();
     let single = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
-    if let (Some(cluster_ip), Some(first)) = (single, listed.first()) {
-        if cluster_ip != first {
-            return Err(ValidationError::ClusterIpMismatch {
-                cluster_ip: cluster_ip.to_owned(),
-                first: first.clone(),
-            });
-        }
+    if let (Some(cluster_ip), Some(first)) = (single, listed.first())
+        && cluster_ip != first
+    {
+        return Err(ValidationError::ClusterIpMismatch {
+            cluster_ip: cluster_ip.to_owned(),
+            first: first.clone(),
+        });
     }
     let texts: Vec<&str> = if listed.is_empty() {
         single.into_iter().collect()
@@ -237,13 +237,13 @@ fn parse_cluster_ips(spec: &ServiceSpec) -> Result<Option<Vec<IpAddr>>, Validati
         .iter()
         .map(|text| parse_ip(text, "spec.clusterIPs"))
         .collect::<Result<Vec<_>, _>>()?;
-    if let [first, second] = ips.as_slice() {
-        if IpFamily::of(first) == IpFamily::of(second) {
-            return Err(ValidationError::SameFamilyClusterIps {
-                first: first.to_string(),
-                second: second.to_string(),
-            });
-        }
+    if let [first, second] = ips.as_slice()
+        && IpFamily::of(first) == IpFamily::of(second)
+    {
+        return Err(ValidationError::SameFamilyClusterIps {
+            first: first.to_string(),
+            second: second.to_string(),
+        });
     }
     check_ip_families(
         spec.ip_families.as_deref().unwrap_or_default(),
@@ -389,7 +389,7 @@ fn parse_ips<'a>(
                     field,
                     value: ip.to_string(),
                     family: family_name(family),
-                })
+                });
             }
             _ => ips.push(ip),
         }
@@ -454,7 +454,7 @@ fn parse_source_ranges(
                     field: FIELD,
                     value: net.to_string(),
                     family: family_name(family),
-                })
+                });
             }
             _ => ranges.push(net),
         }

@@ -108,6 +108,10 @@ impl fmt::Display for ServicePortKey {
 /// Service. Conditions follow the API defaults: nil ready and nil serving mean true, nil
 /// terminating means false.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "the bools are the API's independent endpoint conditions, not a state machine"
+)]
 pub struct Endpoint {
     /// Endpoint address (family equals the service port's).
     pub ip: IpAddr,

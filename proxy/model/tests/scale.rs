@@ -7,6 +7,7 @@
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
+    fmt::Write as _,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -52,11 +53,13 @@ const MIB: usize = 1024 * 1024;
 fn templates() -> (ManifestObject, ManifestObject) {
     let mut endpoints = String::new();
     for i in 0..ENDPOINTS {
-        endpoints += &format!(
-            "- {{addresses: [\"10.128.0.{}\"], nodeName: node-{}, zone: zone-a}}\n",
+        writeln!(
+            endpoints,
+            "- {{addresses: [\"10.128.0.{}\"], nodeName: node-{}, zone: zone-a}}",
             i + 1,
             i % 5
-        );
+        )
+        .unwrap();
     }
     let text = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: t}}\nspec: {{clusterIP: 10.96.0.1, ports: [{{name: http, port: 80}}]}}\n---\n\

@@ -8,8 +8,9 @@
 //!
 //! Bad input never takes anything away. A document that does not parse or validate is
 //! skipped with one warning naming the file, the document, the object and the reason, and
-//! whatever that document last yielded when it was good stays in the state. A file that
-//! cannot be read keeps its last good objects; a file that is removed takes them away.
+//! whatever that document last yielded when it was good stays in the state. A file with a
+//! YAML syntax error, or that cannot be read, keeps all its last good objects (document
+//! boundaries cannot be trusted past a syntax error); a file that is removed takes them away.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,7 +24,7 @@ use std::{
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use kproxy_model::{
     ClusterState, ObjectKey,
-    manifest::{ManifestObject, parse_documents},
+    manifest::{DocumentErrorReason, ManifestObject, parse_documents},
     validate_endpoint_slice, validate_node, validate_service,
 };
 use tracing::{debug, info, warn};
@@ -204,7 +205,14 @@ fn list_manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, (u64, i6
         if let Ok(meta) = fs::metadata(&path)
             && meta.is_file()
         {
-            out.insert(path, (meta.len(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec(), meta.ino()));
+            out.insert(
+                path,
+                (
+                    meta.len(),
+                    meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                    meta.ino(),
+                ),
+            );
         }
     }
     Ok(out)
@@ -212,9 +220,28 @@ fn list_manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, (u64, i6
 
 /// Parses and validates every document of one file. A bad document is logged and replaced
 /// by what the same position held when it was last good.
-fn read_documents(path: &Path, text: &str, node_name: &str, previous: &[Option<Doc>]) -> Vec<Option<Doc>> {
+fn read_documents(
+    path: &Path,
+    text: &str,
+    node_name: &str,
+    previous: &[Option<Doc>],
+) -> Vec<Option<Doc>> {
+    let parsed_docs = parse_documents(text);
+    // After a YAML syntax error the document boundaries themselves are in doubt, so the
+    // whole file keeps what it last yielded rather than losing the documents after it.
+    let syntax_errors: Vec<_> = parsed_docs
+        .iter()
+        .filter_map(|d| d.as_ref().err())
+        .filter(|e| matches!(e.reason, DocumentErrorReason::Syntax { .. }))
+        .collect();
+    if !syntax_errors.is_empty() && !previous.is_empty() {
+        for e in syntax_errors {
+            warn!(file = %path.display(), "skipping manifest file with a syntax error, keeping its last good objects: {e}");
+        }
+        return previous.to_vec();
+    }
     let mut docs = Vec::new();
-    for (i, parsed) in parse_documents(text).into_iter().enumerate() {
+    for (i, parsed) in parsed_docs.into_iter().enumerate() {
         let keep_previous = || previous.get(i).cloned().flatten();
         let doc = match parsed {
             Err(e) => {

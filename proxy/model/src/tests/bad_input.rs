@@ -51,6 +51,10 @@ fn bad_svc(name: &str) -> super::fixtures::Svc {
     svc(name, "10.96.9.9")
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of cases reads best in one place"
+)]
 fn service_rows() -> Vec<Row> {
     let raw_service = |name: &str, spec: &str| {
         format!("---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n{spec}")
@@ -370,6 +374,10 @@ fn huge_service() -> String {
     )
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of cases reads best in one place"
+)]
 fn slice_rows() -> Vec<Row> {
     vec![
         row(

@@ -129,3 +129,27 @@ fn key_helper() {
         None
     );
 }
+
+#[test]
+fn json_errors_carry_lines_and_stop_at_syntax_errors() {
+    let text = "{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {\"name\": \"n\"}}\n\
+                {\"apiVersion\": \"v1\", \"kind\": \"Service\",\n \"metadata\": {\"name\": \"s\"},\n \"spec\": {\"ports\": [{\"port\": \"x\"}]}}\n\
+                {\"apiVersion\": \"v1\", \"kind\": \n\
+                {\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {\"name\": \"never\"}}\n";
+    let results = keys(text);
+    assert_eq!(results[0], "Node n");
+    assert!(
+        results[1].starts_with("error document 2 (line 2), Service default/s: invalid Service:")
+            && results[1].contains("at line 4"),
+        "{results:?}"
+    );
+    assert!(
+        results[2].starts_with("error document 3 (line 5): syntax error:"),
+        "{results:?}"
+    );
+    assert_eq!(
+        results.len(),
+        3,
+        "nothing after a JSON syntax error can be read"
+    );
+}

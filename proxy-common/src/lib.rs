@@ -69,7 +69,12 @@ impl Addr {
     /// The 16 address bytes in network order.
     pub const fn to_bytes(self) -> [u8; 16] {
         let [a, b, c, d] = self.words;
-        let (a, b, c, d) = (a.to_ne_bytes(), b.to_ne_bytes(), c.to_ne_bytes(), d.to_ne_bytes());
+        let (a, b, c, d) = (
+            a.to_ne_bytes(),
+            b.to_ne_bytes(),
+            c.to_ne_bytes(),
+            d.to_ne_bytes(),
+        );
         [
             a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
             d[2], d[3],
@@ -78,7 +83,9 @@ impl Addr {
 
     /// True for an IPv4-mapped address (the IPv4 families' keys and backends).
     pub const fn is_v4_mapped(&self) -> bool {
-        self.words[0] == 0 && self.words[1] == 0 && self.words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+        self.words[0] == 0
+            && self.words[1] == 0
+            && self.words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
     }
 }
 
@@ -442,6 +449,9 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 51, 100, 7]
         );
         assert_eq!(Addr::from_bytes(a.to_bytes()), a);
-        assert!(!Addr::from_bytes([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_v4_mapped());
+        assert!(
+            !Addr::from_bytes([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+                .is_v4_mapped()
+        );
     }
 }

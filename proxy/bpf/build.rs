@@ -22,7 +22,10 @@ fn main() -> anyhow::Result<()> {
         let home = env::var("HOME").unwrap_or_else(|_| "/root".into());
         let installed = PathBuf::from(home).join(".local/bpf-linker/bin");
         if !installed.join("bpf-linker").exists() {
-            bail!("bpf-linker not found on PATH nor in {}: run `cargo xtask setup`", installed.display());
+            bail!(
+                "bpf-linker not found on PATH nor in {}: run `cargo xtask setup`",
+                installed.display()
+            );
         }
         let path = env::var("PATH").unwrap_or_default();
         // SAFETY: build scripts are single-threaded; nothing else reads the environment now.
@@ -44,5 +47,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    env::var_os("PATH").and_then(|p| env::split_paths(&p).map(|d| d.join(bin)).find(|p| p.exists()))
+    env::var_os("PATH").and_then(|p| {
+        env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|p| p.exists())
+    })
 }

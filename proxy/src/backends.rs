@@ -1,18 +1,86 @@
 //! The kernel backends behind [`Dataplane`]: construction from flags, and cleanup.
 
-use anyhow::{Result, bail};
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, Result, bail};
+use kproxy_model::{Endpoint, ModelDiff, ProxyModel, ServicePortKey};
+use kproxy_nft::{NftConfig, NftDataplane, StaleFlow};
 
 use crate::{
     cli::{CleanupArgs, RunArgs},
-    dataplane::Dataplane,
+    dataplane::{Applied, Dataplane, DataplaneError, ProxyMode},
 };
 
 /// Opens the dataplane `--proxy-mode` names.
 pub fn open(args: &RunArgs) -> Result<Box<dyn Dataplane>> {
-    bail!("{} dataplane not wired yet", args.proxy_mode)
+    match args.proxy_mode {
+        ProxyMode::Nftables => {
+            let dp = NftDataplane::new(NftConfig::default())
+                .context("opening the nftables dataplane")?;
+            Ok(Box::new(Nft(dp)))
+        }
+        ProxyMode::Ebpf => bail!("the ebpf dataplane is not available in this build yet"),
+    }
 }
 
 /// Removes what kproxy installed for `--proxy-mode`.
 pub fn cleanup(args: &CleanupArgs) -> Result<()> {
-    bail!("{} cleanup not wired yet", args.proxy_mode)
+    match args.proxy_mode {
+        ProxyMode::Nftables => {
+            NftDataplane::cleanup().context("deleting the kproxy nftables tables")
+        }
+        ProxyMode::Ebpf => bail!("the ebpf dataplane is not available in this build yet"),
+    }
+}
+
+/// The nftables backend, adapted to the trait.
+struct Nft(NftDataplane);
+
+fn nft_err(operation: &'static str) -> impl FnOnce(kproxy_nft::Error) -> DataplaneError {
+    move |e| DataplaneError {
+        mode: ProxyMode::Nftables,
+        operation,
+        source: Box::new(e),
+    }
+}
+
+impl Dataplane for Nft {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Nftables
+    }
+
+    fn sync_full(&mut self, model: &ProxyModel) -> Result<Applied, DataplaneError> {
+        let stats = self.0.sync_full(model).map_err(nft_err("full sync"))?;
+        Ok(Applied {
+            kernel_ops: stats.rules + stats.elements,
+        })
+    }
+
+    fn sync_partial(
+        &mut self,
+        model: &ProxyModel,
+        diff: &ModelDiff,
+    ) -> Result<Applied, DataplaneError> {
+        let stats = self
+            .0
+            .sync_partial(model, diff)
+            .map_err(nft_err("partial sync"))?;
+        Ok(Applied {
+            kernel_ops: stats.rules + stats.elements,
+        })
+    }
+
+    fn clear_stale_flows(
+        &mut self,
+        stale: &[(ServicePortKey, Endpoint)],
+    ) -> Result<usize, DataplaneError> {
+        let flows: Vec<StaleFlow> = stale
+            .iter()
+            .map(|(key, ep)| StaleFlow {
+                protocol: key.name.protocol,
+                endpoint: SocketAddr::new(ep.ip, ep.port),
+            })
+            .collect();
+        kproxy_nft::delete_udp_conntrack(&flows).map_err(nft_err("conntrack cleanup"))
+    }
 }

@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use kproxy_model::{ModelDiff, ProxyModel};
+use kproxy_model::{Endpoint, ModelDiff, ProxyModel, ServicePortKey};
 
 /// `--proxy-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -63,6 +63,17 @@ pub trait Dataplane: Send {
         model: &ProxyModel,
         diff: &ModelDiff,
     ) -> Result<Applied, DataplaneError>;
+    /// Forgets per-flow state that still points at endpoints no longer served (UDP and
+    /// SCTP conntrack entries), so connectionless clients move to a live endpoint at once.
+    /// Called after every successful sync that has stale endpoints; returns how many flows
+    /// were removed.
+    fn clear_stale_flows(
+        &mut self,
+        stale: &[(ServicePortKey, Endpoint)],
+    ) -> Result<usize, DataplaneError> {
+        let _ = stale;
+        Ok(0)
+    }
 }
 
 /// An in-memory dataplane for tests of the sync loop: records what it was asked to do and
@@ -140,5 +151,11 @@ impl Dataplane for Box<dyn Dataplane> {
         diff: &ModelDiff,
     ) -> Result<Applied, DataplaneError> {
         (**self).sync_partial(model, diff)
+    }
+    fn clear_stale_flows(
+        &mut self,
+        stale: &[(ServicePortKey, Endpoint)],
+    ) -> Result<usize, DataplaneError> {
+        (**self).clear_stale_flows(stale)
     }
 }

@@ -178,6 +178,14 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
                 elapsed = ?started.elapsed(),
                 "synced"
             );
+            if let Some(stale) = changes.as_ref().map(|d| &d.stale_udp_endpoints).filter(|s| !s.is_empty()) {
+                // The new state is in the kernel; flows still pinned to removed endpoints
+                // would black-hole UDP clients until they time out.
+                match self.dataplane.clear_stale_flows(stale) {
+                    Ok(n) => debug!(stale = stale.len(), flows_deleted = n, "cleared stale UDP flows"),
+                    Err(e) => warn!(error = %e, cause = %error_chain(&e), "clearing stale UDP flows failed"),
+                }
+            }
             self.programmed = Some(built.model);
             self.need_full = false;
             self.health.updated(SystemTime::now());

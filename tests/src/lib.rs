@@ -1,3 +1,5 @@
 //! kproxy test support.
 
+pub mod conformance;
+pub mod fakeapi;
 pub mod lab;

@@ -96,7 +96,14 @@ fn test(args: &[String]) -> Result<()> {
     println!("== cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
     println!("== cargo clippy");
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     println!("== cargo test (unit + privileged integration)");
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--", "--include-ignored"]);

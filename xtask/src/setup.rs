@@ -53,7 +53,10 @@ fn apt_packages() -> Result<()> {
     }
     println!("setup: installing apt packages: {}", missing.join(" "));
     if !is_root() {
-        bail!("installing packages needs root: run `apt-get install {}`", missing.join(" "));
+        bail!(
+            "installing packages needs root: run `apt-get install {}`",
+            missing.join(" ")
+        );
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
@@ -126,10 +129,16 @@ fn bpf_linker() -> Result<()> {
         .and_then(|v| v.split('.').next())
         .context("nightly rustc does not report its LLVM version")?
         .to_owned();
-    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's libLLVM {llvm_major} (about a minute)");
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's libLLVM {llvm_major} (about a minute)"
+    );
     let prefix = link_rustc_llvm()?;
     run(Command::new("cargo")
-        .args(["+stable", "install", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args([
+            "+stable",
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ])
         .args(["--locked", "--force", "--no-default-features", "--features"])
         .arg(format!("llvm-{llvm_major}"))
         .arg("--root")

@@ -1,3 +1,213 @@
 //! kproxy's eBPF dataplane, userspace side.
+//!
+//! [`BpfDataplane`] loads the embedded object ([`object::EBPF_OBJECT`]), attaches its
+//! socket load-balancing programs to a cgroup, pins everything under a bpffs so the
+//! programs keep working while no agent runs, and keeps the maps at the model's state.
+//!
+//! Modules: `loader` (load, pin, attach, take over, clean up), `maps` (the only code that
+//! touches map contents, behind a trait with an in-memory fake), `reconcile` (model → map
+//! operations, make-before-break, stable ids).
 
+mod loader;
+pub mod maps;
 pub mod object;
+mod reconcile;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use kproxy_common::Config;
+use kproxy_model::{ModelDiff, ProxyModel};
+
+pub use crate::{maps::CounterValues, reconcile::SyncStats};
+use crate::{maps::MapsError, reconcile::Reconciler};
+
+/// Everything that can go wrong in the eBPF dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The embedded object did not load (maps could not be created or pinned).
+    #[error("loading the eBPF object")]
+    Load {
+        /// aya's error.
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    /// The object lacks a program or map this crate expects: a build mismatch.
+    #[error("{name} is missing from the eBPF object")]
+    MissingInObject {
+        /// The program or map.
+        name: &'static str,
+    },
+    /// A program failed to load (the verifier log is in the source) or attach.
+    #[error("program {name}")]
+    Program {
+        /// The program.
+        name: &'static str,
+        /// aya's error; `{:#}` shows the verifier log.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A link could not be converted or opened from its pin.
+    #[error("link of program {name}")]
+    Link {
+        /// The program.
+        name: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// A link could not be pinned.
+    #[error("pinning the link of program {name}")]
+    Pin {
+        /// The program.
+        name: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// A map could not be opened or typed.
+    #[error("map {name}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A pinned map has another layout than this build expects.
+    #[error("pinned map {} does not match this build: {reason}", path.display())]
+    IncompatiblePin {
+        /// The pin.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// A map operation failed during a sync; the next sync redoes everything.
+    #[error("syncing the maps")]
+    Sync {
+        /// The failed operation.
+        #[source]
+        source: MapsError,
+    },
+    /// A file operation on the bpffs or cgroup failed.
+    #[error("{action} {}", path.display())]
+    Io {
+        /// What was attempted.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The namespace cookie of the agent's network namespace could not be read.
+    #[error("reading the network namespace cookie")]
+    NetnsCookie {
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where the dataplane lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfConfig {
+    /// The cgroup (v2) whose sockets are load-balanced, with every descendant: the node's
+    /// root cgroup in production, a lab node's cgroup in tests.
+    pub cgroup_path: PathBuf,
+    /// A mounted bpffs; kproxy pins under `<bpffs>/kproxy/`.
+    pub bpffs: PathBuf,
+}
+
+/// The eBPF dataplane: programs attached, maps pinned, reconciler in memory.
+///
+/// Create it in the node's own network namespace: sockets there are "node" clients
+/// (`ExternalTraffic::node_sources_use_cluster`), sockets in every other namespace are
+/// pods (`pod_sources_use_cluster`; a pod's address is not known at `connect` time, so
+/// every pod is taken to be inside the cluster CIDRs).
+///
+/// Dropping it leaves everything attached and pinned: a new instance takes over without
+/// a gap. [`BpfDataplane::cleanup`] removes it all.
+pub struct BpfDataplane {
+    /// Holds the loaded programs' fds; the pinned links keep them attached regardless.
+    _ebpf: aya::Ebpf,
+    maps: maps::KernelMaps,
+    reconciler: Reconciler,
+}
+
+impl std::fmt::Debug for BpfDataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BpfDataplane")
+            .field("frontends", &self.reconciler.frontend_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BpfDataplane {
+    /// Loads and attaches the programs, reusing the maps and replacing the programs of a
+    /// previous agent pinned under the same bpffs. The maps keep serving their old
+    /// content until the first sync; the first sync (full or partial) is a full one.
+    pub fn new(config: &BpfConfig) -> Result<Self, Error> {
+        let host_netns_cookie = loader::current_netns_cookie()?;
+        let loader::Loaded { ebpf, mut maps } =
+            loader::load_and_attach(&config.bpffs, &config.cgroup_path)?;
+        maps.set_config(&Config { host_netns_cookie })
+            .map_err(|source| Error::Sync { source })?;
+        let reconciler =
+            Reconciler::recover(&maps, Instant::now()).map_err(|source| Error::Sync { source })?;
+        tracing::info!(
+            bpffs = %config.bpffs.display(),
+            cgroup = %config.cgroup_path.display(),
+            recovered_frontends = reconciler.frontend_count(),
+            "eBPF dataplane attached"
+        );
+        Ok(BpfDataplane {
+            _ebpf: ebpf,
+            maps,
+            reconciler,
+        })
+    }
+
+    /// Writes every difference between the maps and `model`, and removes everything the
+    /// model does not have.
+    pub fn sync_full(&mut self, model: &ProxyModel) -> Result<SyncStats, Error> {
+        let stats = self
+            .reconciler
+            .sync_full(&mut self.maps, model, Instant::now())
+            .map_err(|source| Error::Sync { source })?;
+        tracing::info!(?stats, "eBPF full sync");
+        Ok(stats)
+    }
+
+    /// Writes the differences for the service ports `diff` names. `model` is the whole
+    /// new model (ports that take over a released frontend are read from it).
+    pub fn sync_partial(
+        &mut self,
+        model: &ProxyModel,
+        diff: &ModelDiff,
+    ) -> Result<SyncStats, Error> {
+        let stats = self
+            .reconciler
+            .sync_partial(&mut self.maps, model, diff, Instant::now())
+            .map_err(|source| Error::Sync { source })?;
+        tracing::info!(?stats, "eBPF partial sync");
+        Ok(stats)
+    }
+
+    /// The socket programs' decision counters, summed over CPUs (indices in
+    /// `kproxy_common::counter`). They survive restarts with the maps.
+    pub fn counters(&self) -> Result<CounterValues, Error> {
+        self.maps
+            .counters()
+            .map_err(|source| Error::Sync { source })
+    }
+
+    /// Detaches the programs and removes every pin kproxy made under `bpffs`. Run it with
+    /// no agent using that bpffs: a live [`BpfDataplane`] keeps its programs until dropped.
+    pub fn cleanup(bpffs: &Path) -> Result<(), Error> {
+        loader::remove_pins(bpffs)
+    }
+}

@@ -52,6 +52,10 @@ fn detail(message: Option<&str>) -> String {
 
 impl Error {
     pub(crate) fn syscall(call: &'static str, socket: &'static str) -> Self {
-        Self::Syscall { call, socket, source: io::Error::last_os_error() }
+        Self::Syscall {
+            call,
+            socket,
+            source: io::Error::last_os_error(),
+        }
     }
 }

@@ -203,7 +203,6 @@ pub(crate) enum RejectKind {
 /// A chain verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Verdict {
-    Accept,
     Drop,
     Return,
     Jump(Name),
@@ -301,14 +300,6 @@ pub(crate) enum DataType {
 }
 
 impl DataType {
-    /// The address type of a family.
-    pub(crate) fn addr(family: Family) -> Self {
-        match family {
-            Family::Ip => Self::Ipv4Addr,
-            Family::Ip6 => Self::Ipv6Addr,
-        }
-    }
-
     /// nft's datatype number (TYPE_*).
     pub(crate) fn number(self) -> u32 {
         match self {
@@ -365,8 +356,6 @@ pub(crate) enum Value {
     Frontend(IpAddr, u8, u16),
     /// `addr . inet_service` (a DNAT target).
     AddrPort(IpAddr, u16),
-    /// `mark` (an endpoint slot).
-    Slot(u32),
     /// `addr . inet_proto . inet_service . mark`: an endpoint slot of one frontend.
     FrontendSlot(IpAddr, u8, u16, u32),
     /// `addr . addr`.
@@ -394,7 +383,11 @@ pub(crate) struct Element {
 impl Element {
     /// A set element.
     pub(crate) fn key(key: Value) -> Self {
-        Self { key, data: None, comment: None }
+        Self {
+            key,
+            data: None,
+            comment: None,
+        }
     }
 }
 
@@ -478,7 +471,10 @@ impl Transaction {
 
     /// Number of rules added.
     pub(crate) fn rule_count(&self) -> usize {
-        self.ops.iter().filter(|op| matches!(op, Op::AddRule(..))).count()
+        self.ops
+            .iter()
+            .filter(|op| matches!(op, Op::AddRule(..)))
+            .count()
     }
 
     pub(crate) fn is_empty(&self) -> bool {

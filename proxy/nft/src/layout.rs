@@ -198,16 +198,24 @@ impl FixedSet {
     /// The set definition for `family`.
     pub(crate) fn set(self, family: Family) -> Set {
         let (key, data, interval): (Concat, Option<SetData>, bool) = match (self, family) {
-            (Self::Endpoints, Family::Ip) => (FRONTEND_SLOT_V4, Some(SetData::Value(ADDR_PORT_V4)), false),
-            (Self::Endpoints, Family::Ip6) => (FRONTEND_SLOT_V6, Some(SetData::Value(ADDR_PORT_V6)), false),
+            (Self::Endpoints, Family::Ip) => {
+                (FRONTEND_SLOT_V4, Some(SetData::Value(ADDR_PORT_V4)), false)
+            }
+            (Self::Endpoints, Family::Ip6) => {
+                (FRONTEND_SLOT_V6, Some(SetData::Value(ADDR_PORT_V6)), false)
+            }
             (Self::ServiceChains, _) => (frontend(family), Some(SetData::Verdict), false),
-            (Self::NoEndpointDrop | Self::NoEndpointReject | Self::FirewallIps, _) => (frontend(family), None, false),
+            (Self::NoEndpointDrop | Self::NoEndpointReject | Self::FirewallIps, _) => {
+                (frontend(family), None, false)
+            }
             (Self::ClusterIps, Family::Ip) => (&[DataType::Ipv4Addr], None, false),
             (Self::ClusterIps, Family::Ip6) => (&[DataType::Ipv6Addr], None, false),
             (Self::FirewallAllow, Family::Ip) => (FRONTEND_SOURCE_V4, None, true),
             (Self::FirewallAllow, Family::Ip6) => (FRONTEND_SOURCE_V6, None, true),
             (Self::Hairpin, Family::Ip) => (&[DataType::Ipv4Addr, DataType::Ipv4Addr], None, false),
-            (Self::Hairpin, Family::Ip6) => (&[DataType::Ipv6Addr, DataType::Ipv6Addr], None, false),
+            (Self::Hairpin, Family::Ip6) => {
+                (&[DataType::Ipv6Addr, DataType::Ipv6Addr], None, false)
+            }
         };
         Set {
             name: self.name().into(),
@@ -221,18 +229,42 @@ impl FixedSet {
     }
 }
 
-const FRONTEND_V4: Concat = &[DataType::Ipv4Addr, DataType::InetProto, DataType::InetService];
-const FRONTEND_V6: Concat = &[DataType::Ipv6Addr, DataType::InetProto, DataType::InetService];
-const FRONTEND_SLOT_V4: Concat =
-    &[DataType::Ipv4Addr, DataType::InetProto, DataType::InetService, DataType::Mark];
-const FRONTEND_SLOT_V6: Concat =
-    &[DataType::Ipv6Addr, DataType::InetProto, DataType::InetService, DataType::Mark];
+const FRONTEND_V4: Concat = &[
+    DataType::Ipv4Addr,
+    DataType::InetProto,
+    DataType::InetService,
+];
+const FRONTEND_V6: Concat = &[
+    DataType::Ipv6Addr,
+    DataType::InetProto,
+    DataType::InetService,
+];
+const FRONTEND_SLOT_V4: Concat = &[
+    DataType::Ipv4Addr,
+    DataType::InetProto,
+    DataType::InetService,
+    DataType::Mark,
+];
+const FRONTEND_SLOT_V6: Concat = &[
+    DataType::Ipv6Addr,
+    DataType::InetProto,
+    DataType::InetService,
+    DataType::Mark,
+];
 const ADDR_PORT_V4: Concat = &[DataType::Ipv4Addr, DataType::InetService];
 const ADDR_PORT_V6: Concat = &[DataType::Ipv6Addr, DataType::InetService];
-const FRONTEND_SOURCE_V4: Concat =
-    &[DataType::Ipv4Addr, DataType::InetProto, DataType::InetService, DataType::Ipv4Addr];
-const FRONTEND_SOURCE_V6: Concat =
-    &[DataType::Ipv6Addr, DataType::InetProto, DataType::InetService, DataType::Ipv6Addr];
+const FRONTEND_SOURCE_V4: Concat = &[
+    DataType::Ipv4Addr,
+    DataType::InetProto,
+    DataType::InetService,
+    DataType::Ipv4Addr,
+];
+const FRONTEND_SOURCE_V6: Concat = &[
+    DataType::Ipv6Addr,
+    DataType::InetProto,
+    DataType::InetService,
+    DataType::Ipv6Addr,
+];
 
 /// `addr . inet_proto . inet_service` for `family`.
 pub(crate) fn frontend(family: Family) -> Concat {

@@ -23,6 +23,8 @@ mod names;
 mod netlink;
 mod render;
 mod state;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use std::{collections::BTreeMap, time::Instant};
@@ -68,7 +70,11 @@ pub struct NftConfig {
 
 impl Default for NftConfig {
     fn default() -> Self {
-        Self { ipv4: true, ipv6: true, masquerade_bit: 14 }
+        Self {
+            ipv4: true,
+            ipv6: true,
+            masquerade_bit: 14,
+        }
     }
 }
 
@@ -101,7 +107,9 @@ pub struct NftDataplane {
 
 impl std::fmt::Debug for NftDataplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NftDataplane").field("in_sync", &self.in_sync).finish_non_exhaustive()
+        f.debug_struct("NftDataplane")
+            .field("in_sync", &self.in_sync)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,7 +117,10 @@ impl NftDataplane {
     /// Opens the nf_tables netlink socket in the calling thread's network namespace. No
     /// kernel state changes until the first sync.
     pub fn new(config: NftConfig) -> Result<Self, Error> {
-        Ok(Self::with_backend(config, Box::new(netlink::NetlinkBackend::open()?)))
+        Ok(Self::with_backend(
+            config,
+            Box::new(netlink::NetlinkBackend::open()?),
+        ))
     }
 
     pub(crate) fn with_backend(config: NftConfig, backend: Box<dyn Backend + Send>) -> Self {
@@ -121,7 +132,11 @@ impl NftDataplane {
         if config.ipv6 {
             families.push(FamilyState::new(Family::Ip6, mark));
         }
-        Self { backend, families, in_sync: false }
+        Self {
+            backend,
+            families,
+            in_sync: false,
+        }
     }
 
     /// Replaces everything kproxy owns with the model, in one atomic transaction. Use at
@@ -139,7 +154,11 @@ impl NftDataplane {
     /// Applies only what `diff` says changed (per-service objects and elements); the
     /// work is proportional to the change. Falls back to a full sync when the change
     /// cannot be expressed incrementally (the endpoint map would overflow its size).
-    pub fn sync_partial(&mut self, model: &ProxyModel, diff: &ModelDiff) -> Result<SyncStats, Error> {
+    pub fn sync_partial(
+        &mut self,
+        model: &ProxyModel,
+        diff: &ModelDiff,
+    ) -> Result<SyncStats, Error> {
         if !self.in_sync {
             return Err(Error::NeedFullSync);
         }
@@ -173,7 +192,9 @@ impl NftDataplane {
     /// Reads back what kproxy's table of each enabled family holds (`None`: no table).
     pub fn dump(&mut self) -> Result<Vec<(&'static str, Option<TableDump>)>, Error> {
         let fams: Vec<Family> = self.families.iter().map(FamilyState::family).collect();
-        fams.into_iter().map(|f| Ok((f.as_str(), self.backend.list(f)?))).collect()
+        fams.into_iter()
+            .map(|f| Ok((f.as_str(), self.backend.list(f)?)))
+            .collect()
     }
 
     /// Deletes the tables `ip kproxy` and `ip6 kproxy` if present, in the calling

@@ -37,7 +37,13 @@ pub(crate) fn fit(name: String) -> Name {
 
 /// `<namespace>/<name>/<proto>/<port name>`.
 pub(crate) fn port_base(name: &ServicePortName) -> String {
-    format!("{}/{}/{}/{}", name.namespace, name.name, name.protocol.as_str(), name.port_name)
+    format!(
+        "{}/{}/{}/{}",
+        name.namespace,
+        name.name,
+        name.protocol.as_str(),
+        name.port_name
+    )
 }
 
 /// Chain for an affinity service's internal frontends.

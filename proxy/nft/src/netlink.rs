@@ -44,14 +44,22 @@ impl Socket {
     pub(crate) fn open(protocol: libc::c_int, name: &'static str) -> Result<Self, Error> {
         // SAFETY: plain socket(2); the result is checked before use.
         let fd = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol)
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                protocol,
+            )
         };
         if fd < 0 {
             return Err(Error::syscall("socket", name));
         }
         // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let sock = Self { fd, name, sndbuf: 0 };
+        let sock = Self {
+            fd,
+            name,
+            sndbuf: 0,
+        };
         // Errors without the echoed request (a failing 64 KiB element message would
         // otherwise come back whole), but with the kernel's explanation.
         sock.setsockopt(libc::SOL_NETLINK, NETLINK_CAP_ACK, 1)?;
@@ -60,7 +68,12 @@ impl Socket {
         Ok(sock)
     }
 
-    fn setsockopt(&self, level: libc::c_int, opt: libc::c_int, val: libc::c_int) -> Result<(), Error> {
+    fn setsockopt(
+        &self,
+        level: libc::c_int,
+        opt: libc::c_int,
+        val: libc::c_int,
+    ) -> Result<(), Error> {
         // SAFETY: val outlives the call and the length matches its type.
         let rc = unsafe {
             libc::setsockopt(
@@ -104,7 +117,12 @@ impl Socket {
         loop {
             // SAFETY: buf is valid and writable for buf.len() bytes.
             let rc = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags)
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    flags,
+                )
             };
             if rc >= 0 {
                 return Ok(Some(usize::try_from(rc).expect("non-negative")));
@@ -171,7 +189,10 @@ pub(crate) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 }
 
 fn attr_str(payload: &[u8]) -> &str {
-    let end = payload.iter().position(|&b| b == 0).unwrap_or(payload.len());
+    let end = payload
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(payload.len());
     std::str::from_utf8(&payload[..end]).unwrap_or("")
 }
 
@@ -185,7 +206,9 @@ struct ErrMsg {
 fn parse_error(msg: &Msg<'_>) -> Result<ErrMsg, Error> {
     let p = msg.payload;
     if p.len() < 4 + NLMSG_HDRLEN {
-        return Err(Error::Malformed { reason: "short error message" });
+        return Err(Error::Malformed {
+            reason: "short error message",
+        });
     }
     let errno = -i32::from_ne_bytes(p[0..4].try_into().expect("4 bytes"));
     let seq = u32::from_ne_bytes(p[12..16].try_into().expect("4 bytes"));
@@ -193,14 +216,22 @@ fn parse_error(msg: &Msg<'_>) -> Result<ErrMsg, Error> {
     if msg.flags & NLM_F_ACK_TLVS != 0 {
         // With NETLINK_CAP_ACK only the original header is echoed; TLVs follow it.
         let orig_len = u32::from_ne_bytes(p[4..8].try_into().expect("4 bytes")) as usize;
-        let skip = if msg.flags & 0x100 != 0 { NLMSG_HDRLEN } else { orig_len };
+        let skip = if msg.flags & 0x100 != 0 {
+            NLMSG_HDRLEN
+        } else {
+            orig_len
+        };
         if let Some(tlvs) = p.get(4 + skip..) {
             message = attrs(tlvs)
                 .find(|(k, _)| *k == NLMSGERR_ATTR_MSG)
                 .map(|(_, v)| attr_str(v).to_owned());
         }
     }
-    Ok(ErrMsg { errno, seq, message })
+    Ok(ErrMsg {
+        errno,
+        seq,
+        message,
+    })
 }
 
 /// The real backend.
@@ -248,7 +279,11 @@ impl NetlinkBackend {
                     continue;
                 }
                 Err(source) => {
-                    return Err(Error::Syscall { call: "recvmsg", socket: self.sock.name(), source });
+                    return Err(Error::Syscall {
+                        call: "recvmsg",
+                        socket: self.sock.name(),
+                        source,
+                    });
                 }
             };
             for msg in messages(&self.rbuf[..n]) {
@@ -275,7 +310,9 @@ impl NetlinkBackend {
         }
         match first_err {
             Some(e) => Err(e),
-            None if !acked => Err(Error::NoAck { reason: "no reply to the last message" }),
+            None if !acked => Err(Error::NoAck {
+                reason: "no reply to the last message",
+            }),
             None => Ok(()),
         }
     }
@@ -290,7 +327,13 @@ impl NetlinkBackend {
     ) -> Result<(), Error> {
         let seq = self.next_seq(1);
         let mut w = wire::Writer::default();
-        let m = w.begin_msg(t.nlmsg_type(), NLM_F_REQUEST | NLM_F_DUMP, seq, family.nfproto(), 0);
+        let m = w.begin_msg(
+            t.nlmsg_type(),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            family.nfproto(),
+            0,
+        );
         for (k, v) in attrs_of {
             w.attr_str(*k, v);
         }
@@ -300,8 +343,14 @@ impl NetlinkBackend {
             let n = self
                 .sock
                 .recv(&mut self.rbuf, true)
-                .map_err(|source| Error::Syscall { call: "recvmsg", socket: "nf_tables", source })?
-                .ok_or(Error::Malformed { reason: "dump ended early" })?;
+                .map_err(|source| Error::Syscall {
+                    call: "recvmsg",
+                    socket: "nf_tables",
+                    source,
+                })?
+                .ok_or(Error::Malformed {
+                    reason: "dump ended early",
+                })?;
             for msg in messages(&self.rbuf[..n]) {
                 if msg.seq != seq {
                     continue;
@@ -343,8 +392,14 @@ impl NetlinkBackend {
             let n = self
                 .sock
                 .recv(&mut self.rbuf, true)
-                .map_err(|source| Error::Syscall { call: "recvmsg", socket: "nf_tables", source })?
-                .ok_or(Error::Malformed { reason: "no reply to get table" })?;
+                .map_err(|source| Error::Syscall {
+                    call: "recvmsg",
+                    socket: "nf_tables",
+                    source,
+                })?
+                .ok_or(Error::Malformed {
+                    reason: "no reply to get table",
+                })?;
             for msg in messages(&self.rbuf[..n]) {
                 if msg.seq == seq && msg.kind == NLMSG_ERROR {
                     let err = parse_error(&msg)?;
@@ -451,7 +506,11 @@ mod tests {
         let got: Vec<(u16, Vec<u8>)> = attrs(&w.buf).map(|(k, v)| (k, v.to_vec())).collect();
         assert_eq!(
             got,
-            vec![(1, b"abc\0".to_vec()), (2, vec![1, 2, 3, 4, 5]), (3, vec![])]
+            vec![
+                (1, b"abc\0".to_vec()),
+                (2, vec![1, 2, 3, 4, 5]),
+                (3, vec![])
+            ]
         );
     }
 

@@ -14,8 +14,8 @@ use kproxy_model::{
 
 use crate::{
     ir::{
-        CmpOp, CtKey, ElemData, Element, Expr, Family, Field, FibOn, MetaKey, Name, NatKind,
-        Reg, RejectKind, Rule, Set, Value, Verdict,
+        CmpOp, CtKey, ElemData, Element, Expr, Family, FibOn, Field, MetaKey, Name, NatKind, Reg,
+        RejectKind, Rule, Set, Value, Verdict,
     },
     layout::{self, FixedSet, SHORTCUT_LIST_OFFSET},
     names,
@@ -92,13 +92,22 @@ impl ClassSpec {
         match &self.mark {
             MarkRule::None => {}
             MarkRule::All => parts.push("masquerade all".to_owned()),
-            MarkRule::Outside(c) => parts.push(format!("masquerade sources outside {}", cidr_list(c))),
+            MarkRule::Outside(c) => {
+                parts.push(format!("masquerade sources outside {}", cidr_list(c)))
+            }
         }
         if let Some((c, n)) = &self.pods {
-            parts.push(format!("sources in {} use the cluster list ({})", cidr_list(c), list_size(*n)));
+            parts.push(format!(
+                "sources in {} use the cluster list ({})",
+                cidr_list(c),
+                list_size(*n)
+            ));
         }
         if let Some(n) = self.node {
-            parts.push(format!("node sources masqueraded to the cluster list ({})", list_size(n)));
+            parts.push(format!(
+                "node sources masqueraded to the cluster list ({})",
+                list_size(n)
+            ));
         }
         match self.primary {
             Some((n, true)) => parts.push(format!("masquerade, {n} endpoint(s)")),
@@ -114,7 +123,11 @@ fn list_size(n: Option<u32>) -> String {
 }
 
 fn cidr_list(cidrs: &[IpNet]) -> String {
-    cidrs.iter().map(|c| c.to_string().replace(':', ".")).collect::<Vec<_>>().join("+")
+    cidrs
+        .iter()
+        .map(|c| c.to_string().replace(':', "."))
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 /// Which set an element belongs to.
@@ -152,7 +165,9 @@ fn forward_list<'a>(v: &'a ModelVerdict, port: &'a ServicePort) -> Option<Vec<&'
 /// Endpoint count as a numgen modulus. Counts above the slot space cannot happen for
 /// valid objects (EndpointSlices cap a Service far below 65536 endpoints per port).
 fn modulus(list: &[&Endpoint]) -> u32 {
-    u32::try_from(list.len()).unwrap_or(u32::MAX).min(SHORTCUT_LIST_OFFSET - 1)
+    u32::try_from(list.len())
+        .unwrap_or(u32::MAX)
+        .min(SHORTCUT_LIST_OFFSET - 1)
 }
 
 /// Renders one service port. `owned(frontend)` tells whether this port owns the frontend
@@ -169,7 +184,10 @@ pub(crate) fn render_port(
     let mut affinity_lists = AffinityLists::default();
     for f in &port.frontends {
         if f.kind == FrontendKind::ClusterIp && fam_of(f.ip) == fam {
-            out.elements.push((SetRef::Fixed(FixedSet::ClusterIps), Element::key(Value::Addr(f.ip))));
+            out.elements.push((
+                SetRef::Fixed(FixedSet::ClusterIps),
+                Element::key(Value::Addr(f.ip)),
+            ));
         }
     }
     for f in &port.frontends {
@@ -190,7 +208,11 @@ pub(crate) fn render_port(
             Some(_) => affinity_lists.note(port, f, &plan, &mut out),
             None => {
                 if plan.spec.is_useful() {
-                    let el = Element { key: fe_value(key), data: None, comment: Some(comment.clone()) };
+                    let el = Element {
+                        key: fe_value(key),
+                        data: None,
+                        comment: Some(comment.clone()),
+                    };
                     out.elements.push((SetRef::Class(plan.spec.clone()), el));
                     endpoint_elements(key, plan.primary.as_deref(), 0, &mut out);
                     endpoint_elements(key, plan.cluster.as_deref(), SHORTCUT_LIST_OFFSET, &mut out);
@@ -233,7 +255,9 @@ impl<'a> FrontendPlan<'a> {
             let mark = match &port.internal_masquerade {
                 InternalMasquerade::Always => MarkRule::All,
                 InternalMasquerade::SourceNotIn(c) if !c.is_empty() => MarkRule::Outside(c.clone()),
-                InternalMasquerade::SourceNotIn(_) | InternalMasquerade::HairpinOnly => MarkRule::None,
+                InternalMasquerade::SourceNotIn(_) | InternalMasquerade::HairpinOnly => {
+                    MarkRule::None
+                }
             };
             let spec = ClassSpec {
                 mark,
@@ -241,7 +265,13 @@ impl<'a> FrontendPlan<'a> {
                 node: None,
                 primary: primary.as_ref().map(|l| (modulus(l), false)),
             };
-            return Some(Self { spec, verdict: &port.internal, primary, cluster: None, external: false });
+            return Some(Self {
+                spec,
+                verdict: &port.internal,
+                primary,
+                cluster: None,
+                external: false,
+            });
         }
         let ext = port.external.as_ref()?;
         let primary = forward_list(&ext.verdict, port);
@@ -258,7 +288,13 @@ impl<'a> FrontendPlan<'a> {
             primary: primary.as_ref().map(|l| (modulus(l), ext.masquerade)),
         };
         let cluster = if shortcuts { cluster_list } else { None };
-        Some(Self { spec, verdict: &ext.verdict, primary, cluster, external: true })
+        Some(Self {
+            spec,
+            verdict: &ext.verdict,
+            primary,
+            cluster,
+            external: true,
+        })
     }
 }
 
@@ -272,28 +308,52 @@ fn render_frontend(
     out: &mut PortRender,
 ) {
     let key = frontend_key(port, f);
-    let tagged = |v: Value| Element { key: v, data: None, comment: Some(comment.clone()) };
+    let tagged = |v: Value| Element {
+        key: v,
+        data: None,
+        comment: Some(comment.clone()),
+    };
     match plan.verdict {
-        ModelVerdict::Drop => out.elements.push((SetRef::Fixed(FixedSet::NoEndpointDrop), tagged(fe_value(key)))),
+        ModelVerdict::Drop => out.elements.push((
+            SetRef::Fixed(FixedSet::NoEndpointDrop),
+            tagged(fe_value(key)),
+        )),
         ModelVerdict::Reject => {
-            out.elements.push((SetRef::Fixed(FixedSet::NoEndpointReject), tagged(fe_value(key))));
+            out.elements.push((
+                SetRef::Fixed(FixedSet::NoEndpointReject),
+                tagged(fe_value(key)),
+            ));
         }
         ModelVerdict::Forward(_) => {}
     }
-    let ranges: Vec<IpNet> =
-        port.source_ranges.iter().filter(|r| fam_of(r.addr()) == fam).copied().collect();
+    let ranges: Vec<IpNet> = port
+        .source_ranges
+        .iter()
+        .filter(|r| fam_of(r.addr()) == fam)
+        .copied()
+        .collect();
     if f.kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
-        out.elements.push((SetRef::Fixed(FixedSet::FirewallIps), tagged(fe_value(key))));
+        out.elements
+            .push((SetRef::Fixed(FixedSet::FirewallIps), tagged(fe_value(key))));
         for r in ranges {
             let v = Value::FrontendSource(key.0, key.1, key.2, r.trunc());
-            out.elements.push((SetRef::Fixed(FixedSet::FirewallAllow), Element::key(v)));
+            out.elements
+                .push((SetRef::Fixed(FixedSet::FirewallAllow), Element::key(v)));
         }
     }
 }
 
-fn endpoint_elements(key: FrontendKey, list: Option<&[&Endpoint]>, offset: u32, out: &mut PortRender) {
+fn endpoint_elements(
+    key: FrontendKey,
+    list: Option<&[&Endpoint]>,
+    offset: u32,
+    out: &mut PortRender,
+) {
     for (i, ep) in list.unwrap_or_default().iter().enumerate() {
-        let slot = offset + u32::try_from(i).unwrap_or(u32::MAX).min(SHORTCUT_LIST_OFFSET - 1);
+        let slot = offset
+            + u32::try_from(i)
+                .unwrap_or(u32::MAX)
+                .min(SHORTCUT_LIST_OFFSET - 1);
         let el = Element {
             key: Value::FrontendSlot(key.0, key.1, key.2, slot),
             data: Some(ElemData::Value(Value::AddrPort(ep.ip, ep.port))),
@@ -316,7 +376,10 @@ fn hairpin_elements(fam: Family, port: &ServicePort, out: &mut PortRender) {
     ips.sort_unstable();
     ips.dedup();
     for ip in ips {
-        out.elements.push((SetRef::Fixed(FixedSet::Hairpin), Element::key(Value::AddrPair(ip, ip))));
+        out.elements.push((
+            SetRef::Fixed(FixedSet::Hairpin),
+            Element::key(Value::AddrPair(ip, ip)),
+        ));
     }
 }
 
@@ -324,19 +387,36 @@ fn hairpin_elements(fam: Family, port: &ServicePort, out: &mut PortRender) {
 #[derive(Default)]
 struct AffinityLists<'a> {
     internal: Option<(MarkRule, Option<Vec<&'a Endpoint>>)>,
-    external: Option<(ClassSpec, Option<Vec<&'a Endpoint>>, Option<Vec<&'a Endpoint>>)>,
+    external: Option<(
+        ClassSpec,
+        Option<Vec<&'a Endpoint>>,
+        Option<Vec<&'a Endpoint>>,
+    )>,
 }
 
 impl<'a> AffinityLists<'a> {
-    fn note(&mut self, port: &'a ServicePort, f: &Frontend, plan: &FrontendPlan<'a>, out: &mut PortRender) {
+    fn note(
+        &mut self,
+        port: &'a ServicePort,
+        f: &Frontend,
+        plan: &FrontendPlan<'a>,
+        out: &mut PortRender,
+    ) {
         if !plan.spec.is_useful() {
             return;
         }
         let chain = if plan.external {
-            self.external.get_or_insert_with(|| (plan.spec.clone(), plan.primary.clone(), plan.cluster.clone()));
+            self.external.get_or_insert_with(|| {
+                (
+                    plan.spec.clone(),
+                    plan.primary.clone(),
+                    plan.cluster.clone(),
+                )
+            });
             names::external_chain(&port.key.name)
         } else {
-            self.internal.get_or_insert_with(|| (plan.spec.mark.clone(), plan.primary.clone()));
+            self.internal
+                .get_or_insert_with(|| (plan.spec.mark.clone(), plan.primary.clone()));
             names::service_chain(&port.key.name)
         };
         let el = Element {
@@ -344,11 +424,19 @@ impl<'a> AffinityLists<'a> {
             data: Some(ElemData::Verdict(Verdict::Goto(chain))),
             comment: Some(names::comment(&port.key.name)),
         };
-        out.elements.push((SetRef::Fixed(FixedSet::ServiceChains), el));
+        out.elements
+            .push((SetRef::Fixed(FixedSet::ServiceChains), el));
     }
 
     /// Endpoint chains and sets, pick chains, then the entry chains.
-    fn render(self, fam: Family, mark: u32, port: &ServicePort, timeout: u32, out: &mut PortRender) {
+    fn render(
+        self,
+        fam: Family,
+        mark: u32,
+        port: &ServicePort,
+        timeout: u32,
+        out: &mut PortRender,
+    ) {
         let name = &port.key.name;
         let mut all: Vec<&Endpoint> = Vec::new();
         let lists = [
@@ -363,14 +451,22 @@ impl<'a> AffinityLists<'a> {
         all.dedup_by_key(|e| (e.ip, e.port));
         for ep in &all {
             let ep_name = names::endpoint(name, ep.ip, ep.port);
-            out.sets.push(layout::affinity_set(fam, ep_name.clone(), timeout));
+            out.sets
+                .push(layout::affinity_set(fam, ep_name.clone(), timeout));
             out.chains.push(OwnChain {
                 name: ep_name.clone(),
                 rules: vec![rule(
                     [
                         vec![
-                            Expr::Payload { field: Field::Saddr(fam), dreg: Reg::r32(0) },
-                            Expr::DynsetUpdate { set: ep_name, sreg: Reg::r32(0), timeout_ms: u64::from(timeout) * 1000 },
+                            Expr::Payload {
+                                field: Field::Saddr(fam),
+                                dreg: Reg::r32(0),
+                            },
+                            Expr::DynsetUpdate {
+                                set: ep_name,
+                                sreg: Reg::r32(0),
+                                timeout_ms: u64::from(timeout) * 1000,
+                            },
                         ],
                         dnat_immediate(fam, ep.ip, ep.port),
                     ]
@@ -378,23 +474,33 @@ impl<'a> AffinityLists<'a> {
                 )],
             });
         }
-        let pick = |role: &str, list: Option<&Vec<&Endpoint>>, out: &mut PortRender| -> Option<Name> {
-            let list = list?;
-            let chain = names::pick_chain(name, role);
-            out.chains.push(OwnChain { name: chain.clone(), rules: pick_rules(fam, name, list) });
-            Some(chain)
-        };
-        if let Some((mark, list)) = &self.internal {
+        let pick =
+            |role: &str, list: Option<&Vec<&Endpoint>>, out: &mut PortRender| -> Option<Name> {
+                let list = list?;
+                let chain = names::pick_chain(name, role);
+                out.chains.push(OwnChain {
+                    name: chain.clone(),
+                    rules: pick_rules(fam, name, list),
+                });
+                Some(chain)
+            };
+        if let Some((mark_rule, list)) = &self.internal {
             let target = pick("internal", list.as_ref(), out);
             let mut rules = mark_rules(fam, mark, mark_rule);
             rules.extend(target.map(|t| rule(vec![Expr::Verdict(Verdict::Goto(t))])));
-            out.chains.push(OwnChain { name: names::service_chain(name), rules });
+            out.chains.push(OwnChain {
+                name: names::service_chain(name),
+                rules,
+            });
         }
         if let Some((spec, primary, cluster)) = &self.external {
             let to_cluster = pick("cluster", cluster.as_ref(), out);
             let to_primary = pick("external", primary.as_ref(), out);
             let rules = external_rules(fam, mark, spec, to_cluster.as_ref(), to_primary.as_ref());
-            out.chains.push(OwnChain { name: names::external_chain(name), rules });
+            out.chains.push(OwnChain {
+                name: names::external_chain(name),
+                rules,
+            });
         }
     }
 }
@@ -406,8 +512,16 @@ fn pick_rules(fam: Family, name: &kproxy_model::ServicePortName, list: &[&Endpoi
     for ep in list {
         let ep_name = names::endpoint(name, ep.ip, ep.port);
         rules.push(rule(vec![
-            Expr::Payload { field: Field::Saddr(fam), dreg: Reg::r32(0) },
-            Expr::Lookup { set: ep_name.clone(), sreg: Reg::r32(0), dreg: None, invert: false },
+            Expr::Payload {
+                field: Field::Saddr(fam),
+                dreg: Reg::r32(0),
+            },
+            Expr::Lookup {
+                set: ep_name.clone(),
+                sreg: Reg::r32(0),
+                dreg: None,
+                invert: false,
+            },
             Expr::Verdict(Verdict::Goto(ep_name)),
         ]));
     }
@@ -419,8 +533,16 @@ fn pick_rules(fam: Family, name: &kproxy_model::ServicePortName, list: &[&Endpoi
         } else {
             let m = u32::try_from(n - k).unwrap_or(u32::MAX);
             rules.push(rule(vec![
-                Expr::Numgen { dreg: Reg::r32(0), modulus: m, offset: 0 },
-                Expr::Cmp { sreg: Reg::r32(0), op: CmpOp::Eq, data: 0u32.to_ne_bytes().to_vec() },
+                Expr::Numgen {
+                    dreg: Reg::r32(0),
+                    modulus: m,
+                    offset: 0,
+                },
+                Expr::Cmp {
+                    sreg: Reg::r32(0),
+                    op: CmpOp::Eq,
+                    data: 0u32.to_ne_bytes().to_vec(),
+                },
                 target,
             ]));
         }
@@ -431,50 +553,79 @@ fn pick_rules(fam: Family, name: &kproxy_model::ServicePortName, list: &[&Endpoi
 // ----- rule building blocks -----
 
 pub(crate) fn rule(exprs: Vec<Expr>) -> Rule {
-    Rule { exprs, comment: None }
+    Rule {
+        exprs,
+        comment: None,
+    }
 }
 
 /// Loads `daddr . l4proto . dport` into registers from r32(0); returns the next free one.
 pub(crate) fn load_frontend(fam: Family, exprs: &mut Vec<Expr>) -> Reg {
     let a = fam.addr_len();
-    exprs.push(Expr::Payload { field: Field::Daddr(fam), dreg: Reg::r32(0) });
-    exprs.push(Expr::Meta { key: MetaKey::L4Proto, dreg: Reg::r32(0).after(a) });
-    exprs.push(Expr::Payload { field: Field::ThDport, dreg: Reg::r32(0).after(a + 4) });
+    exprs.push(Expr::Payload {
+        field: Field::Daddr(fam),
+        dreg: Reg::r32(0),
+    });
+    exprs.push(Expr::Meta {
+        key: MetaKey::L4Proto,
+        dreg: Reg::r32(0).after(a),
+    });
+    exprs.push(Expr::Payload {
+        field: Field::ThDport,
+        dreg: Reg::r32(0).after(a + 4),
+    });
     Reg::r32(0).after(a + 8)
 }
 
 /// `ct state new`.
 pub(crate) fn ct_state_new() -> Vec<Expr> {
     vec![
-        Expr::Ct { key: CtKey::State, dreg: Reg::r32(0) },
+        Expr::Ct {
+            key: CtKey::State,
+            dreg: Reg::r32(0),
+        },
         Expr::Bitwise {
             sreg: Reg::r32(0),
             dreg: Reg::r32(0),
             mask: 8u32.to_ne_bytes().to_vec(), // NF_CT_STATE_BIT(IP_CT_NEW)
             xor: vec![0; 4],
         },
-        Expr::Cmp { sreg: Reg::r32(0), op: CmpOp::Neq, data: vec![0; 4] },
+        Expr::Cmp {
+            sreg: Reg::r32(0),
+            op: CmpOp::Neq,
+            data: vec![0; 4],
+        },
     ]
 }
 
 /// `ct status dnat`.
 pub(crate) fn ct_status_dnat() -> Vec<Expr> {
     vec![
-        Expr::Ct { key: CtKey::Status, dreg: Reg::r32(0) },
+        Expr::Ct {
+            key: CtKey::Status,
+            dreg: Reg::r32(0),
+        },
         Expr::Bitwise {
             sreg: Reg::r32(0),
             dreg: Reg::r32(0),
             mask: 0x20u32.to_ne_bytes().to_vec(), // IPS_DST_NAT
             xor: vec![0; 4],
         },
-        Expr::Cmp { sreg: Reg::r32(0), op: CmpOp::Neq, data: vec![0; 4] },
+        Expr::Cmp {
+            sreg: Reg::r32(0),
+            op: CmpOp::Neq,
+            data: vec![0; 4],
+        },
     ]
 }
 
 /// `meta mark set meta mark | mark`.
 pub(crate) fn set_mark(mark: u32) -> Vec<Expr> {
     vec![
-        Expr::Meta { key: MetaKey::Mark, dreg: Reg::r32(0) },
+        Expr::Meta {
+            key: MetaKey::Mark,
+            dreg: Reg::r32(0),
+        },
         Expr::Bitwise {
             sreg: Reg::r32(0),
             dreg: Reg::r32(0),
@@ -487,7 +638,10 @@ pub(crate) fn set_mark(mark: u32) -> Vec<Expr> {
 
 /// `ip saddr [!=|==] cidr`.
 fn saddr_cidr(fam: Family, cidr: &IpNet, op: CmpOp) -> Vec<Expr> {
-    let mut exprs = vec![Expr::Payload { field: Field::Saddr(fam), dreg: Reg::r32(0) }];
+    let mut exprs = vec![Expr::Payload {
+        field: Field::Saddr(fam),
+        dreg: Reg::r32(0),
+    }];
     let bytes = |a: IpAddr| match a {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
@@ -500,7 +654,11 @@ fn saddr_cidr(fam: Family, cidr: &IpNet, op: CmpOp) -> Vec<Expr> {
             xor: vec![0; bytes(cidr.netmask()).len()],
         });
     }
-    exprs.push(Expr::Cmp { sreg: Reg::r32(0), op, data: bytes(cidr.network()) });
+    exprs.push(Expr::Cmp {
+        sreg: Reg::r32(0),
+        op,
+        data: bytes(cidr.network()),
+    });
     exprs
 }
 
@@ -512,9 +670,20 @@ fn dnat_immediate(fam: Family, ip: IpAddr, port: u16) -> Vec<Expr> {
     };
     let port_reg = Reg::r32(0).after(fam.addr_len());
     vec![
-        Expr::Immediate { dreg: Reg::r32(0), data: addr },
-        Expr::Immediate { dreg: port_reg, data: port.to_be_bytes().to_vec() },
-        Expr::Nat { kind: NatKind::Dnat, family: fam, addr: Reg::r32(0), port: Some(port_reg) },
+        Expr::Immediate {
+            dreg: Reg::r32(0),
+            data: addr,
+        },
+        Expr::Immediate {
+            dreg: port_reg,
+            data: port.to_be_bytes().to_vec(),
+        },
+        Expr::Nat {
+            kind: NatKind::Dnat,
+            family: fam,
+            addr: Reg::r32(0),
+            port: Some(port_reg),
+        },
     ]
 }
 
@@ -522,7 +691,11 @@ fn dnat_immediate(fam: Family, ip: IpAddr, port: u16) -> Vec<Expr> {
 fn dnat_endpoints(fam: Family, n: u32, offset: u32) -> Vec<Expr> {
     let mut e = Vec::with_capacity(6);
     let slot = load_frontend(fam, &mut e);
-    e.push(Expr::Numgen { dreg: slot, modulus: n, offset });
+    e.push(Expr::Numgen {
+        dreg: slot,
+        modulus: n,
+        offset,
+    });
     e.push(Expr::Lookup {
         set: FixedSet::Endpoints.name().into(),
         sreg: Reg::r32(0),
@@ -543,7 +716,10 @@ fn mark_rules(fam: Family, mark: u32, m: &MarkRule) -> Vec<Rule> {
         MarkRule::None => vec![],
         MarkRule::All => vec![rule(set_mark(mark))],
         MarkRule::Outside(cidrs) => {
-            let mut e: Vec<Expr> = cidrs.iter().flat_map(|c| saddr_cidr(fam, c, CmpOp::Neq)).collect();
+            let mut e: Vec<Expr> = cidrs
+                .iter()
+                .flat_map(|c| saddr_cidr(fam, c, CmpOp::Neq))
+                .collect();
             e.extend(set_mark(mark));
             vec![rule(e)]
         }
@@ -577,8 +753,15 @@ fn external_rules(
     }
     if let Some(n) = spec.node {
         let mut e = vec![
-            Expr::Fib { on: FibOn::Saddr, dreg: Reg::r32(0) },
-            Expr::Cmp { sreg: Reg::r32(0), op: CmpOp::Eq, data: 2u32.to_ne_bytes().to_vec() }, // RTN_LOCAL
+            Expr::Fib {
+                on: FibOn::Saddr,
+                dreg: Reg::r32(0),
+            },
+            Expr::Cmp {
+                sreg: Reg::r32(0),
+                op: CmpOp::Eq,
+                data: 2u32.to_ne_bytes().to_vec(),
+            }, // RTN_LOCAL
         ];
         e.extend(set_mark(mark));
         e.extend(to(cluster, n, SHORTCUT_LIST_OFFSET));
@@ -620,12 +803,24 @@ pub(crate) fn fixed_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
         let mut e = ct_state_new();
         let next = load_frontend(fam, &mut e);
         e.push(lookup(FixedSet::FirewallIps, Reg::r32(0), false));
-        e.push(Expr::Payload { field: Field::Saddr(fam), dreg: next });
+        e.push(Expr::Payload {
+            field: Field::Saddr(fam),
+            dreg: next,
+        });
         e.push(lookup(FixedSet::FirewallAllow, Reg::r32(0), true));
         e.push(Expr::Verdict(Verdict::Drop));
-        Rule { exprs: e, comment: Some("loadBalancerSourceRanges".into()) }
+        Rule {
+            exprs: e,
+            comment: Some("loadBalancerSourceRanges".into()),
+        }
     };
-    let drop = with_frontend(ct_state_new(), vec![lookup(FixedSet::NoEndpointDrop, Reg::r32(0), false), Expr::Verdict(Verdict::Drop)]);
+    let drop = with_frontend(
+        ct_state_new(),
+        vec![
+            lookup(FixedSet::NoEndpointDrop, Reg::r32(0), false),
+            Expr::Verdict(Verdict::Drop),
+        ],
+    );
     let reject = with_frontend(
         ct_state_new(),
         vec![
@@ -635,10 +830,16 @@ pub(crate) fn fixed_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
     );
     let cluster_ips = {
         let mut e = ct_state_new();
-        e.push(Expr::Payload { field: Field::Daddr(fam), dreg: Reg::r32(0) });
+        e.push(Expr::Payload {
+            field: Field::Daddr(fam),
+            dreg: Reg::r32(0),
+        });
         e.push(lookup(FixedSet::ClusterIps, Reg::r32(0), false));
         e.push(Expr::Verdict(Verdict::Goto(REJECT_CHAIN.into())));
-        Rule { exprs: e, comment: Some("ClusterIP on a port no service has".into()) }
+        Rule {
+            exprs: e,
+            comment: Some("ClusterIP on a port no service has".into()),
+        }
     };
     let jump_services = rule(vec![Expr::Verdict(Verdict::Jump(SERVICES.into()))]);
     let service_chains = with_frontend(
@@ -652,10 +853,27 @@ pub(crate) fn fixed_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
     );
     let masquerade_marked = {
         let mut e = vec![
-            Expr::Meta { key: MetaKey::Mark, dreg: Reg::r32(0) },
-            Expr::Bitwise { sreg: Reg::r32(0), dreg: Reg::r32(1), mask: mark.to_ne_bytes().to_vec(), xor: vec![0; 4] },
-            Expr::Cmp { sreg: Reg::r32(1), op: CmpOp::Eq, data: mark.to_ne_bytes().to_vec() },
-            Expr::Bitwise { sreg: Reg::r32(0), dreg: Reg::r32(0), mask: (!mark).to_ne_bytes().to_vec(), xor: vec![0; 4] },
+            Expr::Meta {
+                key: MetaKey::Mark,
+                dreg: Reg::r32(0),
+            },
+            Expr::Bitwise {
+                sreg: Reg::r32(0),
+                dreg: Reg::r32(1),
+                mask: mark.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: Reg::r32(1),
+                op: CmpOp::Eq,
+                data: mark.to_ne_bytes().to_vec(),
+            },
+            Expr::Bitwise {
+                sreg: Reg::r32(0),
+                dreg: Reg::r32(0),
+                mask: (!mark).to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
             Expr::MetaSetMark { sreg: Reg::r32(0) },
         ];
         e.push(Expr::MasqueradeFullyRandom);
@@ -663,15 +881,31 @@ pub(crate) fn fixed_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
     };
     let masquerade_hairpin = {
         let mut e = ct_status_dnat();
-        e.push(Expr::Payload { field: Field::Saddr(fam), dreg: Reg::r32(0) });
-        e.push(Expr::Payload { field: Field::Daddr(fam), dreg: Reg::r32(0).after(fam.addr_len()) });
+        e.push(Expr::Payload {
+            field: Field::Saddr(fam),
+            dreg: Reg::r32(0),
+        });
+        e.push(Expr::Payload {
+            field: Field::Daddr(fam),
+            dreg: Reg::r32(0).after(fam.addr_len()),
+        });
         e.push(lookup(FixedSet::Hairpin, Reg::r32(0), false));
         e.push(Expr::MasqueradeFullyRandom);
-        Rule { exprs: e, comment: Some("hairpin".into()) }
+        Rule {
+            exprs: e,
+            comment: Some("hairpin".into()),
+        }
     };
     let reject_tcp = rule(vec![
-        Expr::Meta { key: MetaKey::L4Proto, dreg: Reg::r32(0) },
-        Expr::Cmp { sreg: Reg::r32(0), op: CmpOp::Eq, data: vec![6] },
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: Reg::r32(0),
+        },
+        Expr::Cmp {
+            sreg: Reg::r32(0),
+            op: CmpOp::Eq,
+            data: vec![6],
+        },
         Expr::Reject(RejectKind::TcpReset),
     ]);
     let reject_other = rule(vec![Expr::Reject(RejectKind::PortUnreachable(fam))]);
@@ -700,7 +934,12 @@ pub(crate) fn fixed_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
 pub(crate) fn class_dispatch(fam: Family, name: &Name) -> Rule {
     let mut e = Vec::new();
     load_frontend(fam, &mut e);
-    e.push(Expr::Lookup { set: name.clone(), sreg: Reg::r32(0), dreg: None, invert: false });
+    e.push(Expr::Lookup {
+        set: name.clone(),
+        sreg: Reg::r32(0),
+        dreg: None,
+        invert: false,
+    });
     e.push(Expr::Verdict(Verdict::Goto(name.clone())));
     rule(e)
 }

@@ -75,23 +75,45 @@ struct Phases {
 
 impl Phases {
     fn into_ops(self, fam: Family, dispatch: Option<Vec<Rule>>, tx: &mut Transaction) {
-        tx.ops.extend(self.new_sets.into_iter().map(|s| Op::AddSet(fam, s)));
-        tx.ops.extend(self.new_chains.into_iter().map(|c| Op::AddChain(fam, c)));
-        tx.ops.extend(self.flushes.into_iter().map(|c| Op::FlushChain(fam, c)));
-        tx.ops.extend(self.rules.into_iter().map(|(c, r)| Op::AddRule(fam, c, r)));
-        tx.ops.extend(self.deletes.into_iter().map(|(s, e)| Op::DeleteElements(fam, s, e)));
-        tx.ops.extend(self.adds.into_iter().map(|(s, e)| Op::AddElements(fam, s, e)));
+        tx.ops
+            .extend(self.new_sets.into_iter().map(|s| Op::AddSet(fam, s)));
+        tx.ops
+            .extend(self.new_chains.into_iter().map(|c| Op::AddChain(fam, c)));
+        tx.ops
+            .extend(self.flushes.into_iter().map(|c| Op::FlushChain(fam, c)));
+        tx.ops
+            .extend(self.rules.into_iter().map(|(c, r)| Op::AddRule(fam, c, r)));
+        tx.ops.extend(
+            self.deletes
+                .into_iter()
+                .map(|(s, e)| Op::DeleteElements(fam, s, e)),
+        );
+        tx.ops.extend(
+            self.adds
+                .into_iter()
+                .map(|(s, e)| Op::AddElements(fam, s, e)),
+        );
         if let Some(rules) = dispatch {
             tx.push(Op::FlushChain(fam, SERVICES.into()));
-            tx.ops.extend(rules.into_iter().map(|r| Op::AddRule(fam, SERVICES.into(), r)));
+            tx.ops.extend(
+                rules
+                    .into_iter()
+                    .map(|r| Op::AddRule(fam, SERVICES.into(), r)),
+            );
         }
-        tx.ops.extend(self.del_chains.into_iter().map(|c| Op::DeleteChain(fam, c)));
-        tx.ops.extend(self.del_sets.into_iter().map(|s| Op::DeleteSet(fam, s)));
+        tx.ops
+            .extend(self.del_chains.into_iter().map(|c| Op::DeleteChain(fam, c)));
+        tx.ops
+            .extend(self.del_sets.into_iter().map(|s| Op::DeleteSet(fam, s)));
     }
 }
 
 fn own_chain(name: &Name) -> Chain {
-    Chain { name: name.clone(), hook: None, comment: None }
+    Chain {
+        name: name.clone(),
+        hook: None,
+        comment: None,
+    }
 }
 
 impl FamilyState {
@@ -116,20 +138,30 @@ impl FamilyState {
     }
 
     fn claims(port: &ServicePort) -> Vec<FrontendKey> {
-        let mut c: Vec<FrontendKey> = port.frontends.iter().map(|f| render::frontend_key(port, f)).collect();
+        let mut c: Vec<FrontendKey> = port
+            .frontends
+            .iter()
+            .map(|f| render::frontend_key(port, f))
+            .collect();
         c.sort_unstable();
         c.dedup();
         c
     }
 
     fn render(&self, port: &ServicePort) -> PortRender {
-        let owned = |k: FrontendKey| self.frontends.get(&k).and_then(|o| o.first()) == Some(&port.key);
+        let owned =
+            |k: FrontendKey| self.frontends.get(&k).and_then(|o| o.first()) == Some(&port.key);
         render::render_port(self.fam, self.mark, port, &owned)
     }
 
     fn warn_duplicates(&self, key: &ServicePortKey, claims: &[FrontendKey]) {
         for c in claims {
-            if let Some(owner) = self.frontends.get(c).and_then(|o| o.first()).filter(|o| *o != key) {
+            if let Some(owner) = self
+                .frontends
+                .get(c)
+                .and_then(|o| o.first())
+                .filter(|o| *o != key)
+            {
                 tracing::warn!(
                     service = %key, frontend = %c.0, port = c.2, owner = %owner,
                     "frontend already used by another service port; ignored for this one"
@@ -143,7 +175,11 @@ impl FamilyState {
         *self = Self::new(self.fam, self.mark);
         let fam = self.fam;
         let family = self.model_family();
-        let ports: Vec<&ServicePort> = model.ports.values().filter(|p| p.key.family == family).collect();
+        let ports: Vec<&ServicePort> = model
+            .ports
+            .values()
+            .filter(|p| p.key.family == family)
+            .collect();
         for p in &ports {
             for c in Self::claims(p) {
                 self.frontends.entry(c).or_default().insert(p.key.clone());
@@ -155,15 +191,30 @@ impl FamilyState {
         for b in BASE_CHAINS {
             tx.push(Op::AddChain(fam, b.chain()));
         }
-        tx.push(Op::AddChain(fam, Chain { name: SERVICES.into(), hook: None, comment: Some("service dispatch".into()) }));
-        tx.push(Op::AddChain(fam, Chain { name: REJECT_CHAIN.into(), hook: None, comment: None }));
+        tx.push(Op::AddChain(
+            fam,
+            Chain {
+                name: SERVICES.into(),
+                hook: None,
+                comment: Some("service dispatch".into()),
+            },
+        ));
+        tx.push(Op::AddChain(
+            fam,
+            Chain {
+                name: REJECT_CHAIN.into(),
+                hook: None,
+                comment: None,
+            },
+        ));
         let mut ph = Phases::default();
         for p in &ports {
             let claims = Self::claims(p);
             self.warn_duplicates(&p.key, &claims);
             let render = self.render(p);
             self.account(&PortRender::default(), &render, &mut ph);
-            self.ports.insert(p.key.clone(), PortState { claims, render });
+            self.ports
+                .insert(p.key.clone(), PortState { claims, render });
         }
         self.endpoint_capacity = (self.endpoints * 2).max(MIN_ENDPOINT_CAPACITY);
         for s in FixedSet::ALL {
@@ -185,7 +236,12 @@ impl FamilyState {
 
     /// Applies `diff` incrementally. On `NeedsFull` the state is stale and must be
     /// rebuilt by [`FamilyState::full`].
-    pub(crate) fn partial(&mut self, model: &ProxyModel, diff: &ModelDiff, tx: &mut Transaction) -> Partial {
+    pub(crate) fn partial(
+        &mut self,
+        model: &ProxyModel,
+        diff: &ModelDiff,
+        tx: &mut Transaction,
+    ) -> Partial {
         let family = self.model_family();
         let mut affected: BTreeSet<ServicePortKey> = diff
             .added
@@ -203,7 +259,10 @@ impl FamilyState {
             let new = model.ports.get(key).map(|p| {
                 let claims = Self::claims(p);
                 self.warn_duplicates(key, &claims);
-                PortState { render: self.render(p), claims }
+                PortState {
+                    render: self.render(p),
+                    claims,
+                }
             });
             let old_render = old.as_ref().map_or(&empty, |o| &o.render);
             let new_render = new.as_ref().map_or(&empty, |n| &n.render);
@@ -225,7 +284,11 @@ impl FamilyState {
     fn reclaim(&mut self, model: &ProxyModel, affected: &mut BTreeSet<ServicePortKey>) {
         let mut touched_frontends = BTreeSet::new();
         for key in affected.iter() {
-            let old = self.ports.get(key).map(|p| p.claims.clone()).unwrap_or_default();
+            let old = self
+                .ports
+                .get(key)
+                .map(|p| p.claims.clone())
+                .unwrap_or_default();
             let new = model.ports.get(key).map(Self::claims).unwrap_or_default();
             for c in &old {
                 if let Some(set) = self.frontends.get_mut(c) {
@@ -312,7 +375,13 @@ impl FamilyState {
         let fam = self.fam;
         if add {
             let mark = self.mark;
-            let entry = self.classes.entry(spec.clone()).or_insert_with(|| ClassState { name: spec.name(), users: 0 });
+            let entry = self
+                .classes
+                .entry(spec.clone())
+                .or_insert_with(|| ClassState {
+                    name: spec.name(),
+                    users: 0,
+                });
             if entry.users == 0 {
                 let name = entry.name.clone();
                 if let Some(pos) = ph.del_chains.iter().position(|c| *c == name) {
@@ -320,16 +389,28 @@ impl FamilyState {
                     ph.del_chains.remove(pos);
                     ph.del_sets.retain(|s| *s != name);
                 } else {
-                    ph.new_sets.push(layout::class_set(fam, name.clone(), spec.describe()));
-                    ph.new_chains.push(Chain { name: name.clone(), hook: None, comment: Some(spec.describe()) });
-                    ph.rules.extend(render::class_rules(fam, mark, spec).into_iter().map(|r| (name.clone(), r)));
+                    ph.new_sets
+                        .push(layout::class_set(fam, name.clone(), spec.describe()));
+                    ph.new_chains.push(Chain {
+                        name: name.clone(),
+                        hook: None,
+                        comment: Some(spec.describe()),
+                    });
+                    ph.rules.extend(
+                        render::class_rules(fam, mark, spec)
+                            .into_iter()
+                            .map(|r| (name.clone(), r)),
+                    );
                 }
                 ph.services_dirty = true;
             }
             entry.users += 1;
             entry.name.clone()
         } else {
-            let entry = self.classes.get_mut(spec).expect("a class element was counted when added");
+            let entry = self
+                .classes
+                .get_mut(spec)
+                .expect("a class element was counted when added");
             entry.users -= 1;
             let name = entry.name.clone();
             if entry.users == 0 {
@@ -351,7 +432,8 @@ impl FamilyState {
     /// Own chains and sets (affinity): create new ones, rewrite changed ones, delete gone
     /// ones (referencing chains first).
     fn own_objects(&mut self, old: &PortRender, new: &PortRender, ph: &mut Phases) {
-        let old_chains: HashMap<&Name, &OwnChain> = old.chains.iter().map(|c| (&c.name, c)).collect();
+        let old_chains: HashMap<&Name, &OwnChain> =
+            old.chains.iter().map(|c| (&c.name, c)).collect();
         let new_names: HashSet<&Name> = new.chains.iter().map(|c| &c.name).collect();
         let old_sets: HashSet<&Name> = old.sets.iter().map(|s| &s.name).collect();
         let new_sets: HashSet<&Name> = new.sets.iter().map(|s| &s.name).collect();
@@ -364,11 +446,13 @@ impl FamilyState {
             match old_chains.get(&c.name) {
                 None => {
                     ph.new_chains.push(own_chain(&c.name));
-                    ph.rules.extend(c.rules.iter().map(|r| (c.name.clone(), r.clone())));
+                    ph.rules
+                        .extend(c.rules.iter().map(|r| (c.name.clone(), r.clone())));
                 }
                 Some(o) if o.rules != c.rules => {
                     ph.flushes.push(c.name.clone());
-                    ph.rules.extend(c.rules.iter().map(|r| (c.name.clone(), r.clone())));
+                    ph.rules
+                        .extend(c.rules.iter().map(|r| (c.name.clone(), r.clone())));
                 }
                 Some(_) => {}
             }
@@ -394,7 +478,11 @@ impl FamilyState {
             .collect();
         let mut names: Vec<&Name> = self.classes.values().map(|c| &c.name).collect();
         names.sort();
-        rules.extend(names.into_iter().map(|n| render::class_dispatch(self.fam, n)));
+        rules.extend(
+            names
+                .into_iter()
+                .map(|n| render::class_dispatch(self.fam, n)),
+        );
         rules
     }
 

@@ -183,7 +183,8 @@ impl Writer {
     fn nest(&mut self, kind: u16) -> usize {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         start
     }
 
@@ -204,7 +205,6 @@ impl Writer {
         let inner = self.nest(NFTA_DATA_VERDICT);
         let (code, chain): (i32, Option<&str>) = match v {
             Verdict::Drop => (0, None),
-            Verdict::Accept => (1, None),
             Verdict::Jump(c) => (-3, Some(c)),
             Verdict::Goto(c) => (-4, Some(c)),
             Verdict::Return => (-5, None),
@@ -258,7 +258,6 @@ fn value_bytes(v: &Value, out: &mut Vec<u8>) {
             addr(a, out);
             port(*po, out);
         }
-        Value::Slot(s) => out.extend_from_slice(&s.to_ne_bytes()),
         Value::FrontendSlot(a, pr, po, s) => {
             addr(a, out);
             proto(*pr, out);
@@ -359,7 +358,8 @@ impl BatchEncoder {
             Op::AddTable(_) => {
                 let m = self.msg(index, MsgType::NewTable, NLM_F_CREATE, fam);
                 self.w.attr_str(NFTA_TABLE_NAME, TABLE);
-                self.w.comment(NFTA_TABLE_USERDATA, UDATA_COMMENT, "rules for kproxy");
+                self.w
+                    .comment(NFTA_TABLE_USERDATA, UDATA_COMMENT, "rules for kproxy");
                 self.w.end_msg(m);
             }
             Op::DeleteTable(_) => {
@@ -388,7 +388,9 @@ impl BatchEncoder {
                 self.w.attr_str(NFTA_SET_NAME, name);
                 self.w.end_msg(m);
             }
-            Op::AddElements(_, set, elems) => self.elements(index, fam, MsgType::NewSetElem, set, elems),
+            Op::AddElements(_, set, elems) => {
+                self.elements(index, fam, MsgType::NewSetElem, set, elems)
+            }
             Op::DeleteElements(_, set, elems) => {
                 self.elements(index, fam, MsgType::DelSetElem, set, elems);
             }
@@ -402,7 +404,8 @@ impl BatchEncoder {
         if let Some(hook) = chain.hook {
             let n = self.w.nest(NFTA_CHAIN_HOOK);
             self.w.attr_be32(NFTA_HOOK_HOOKNUM, hook.hook.number());
-            self.w.attr(NFTA_HOOK_PRIORITY, &hook.priority.to_be_bytes());
+            self.w
+                .attr(NFTA_HOOK_PRIORITY, &hook.priority.to_be_bytes());
             self.w.end_nest(n);
             self.w.attr_be32(NFTA_CHAIN_POLICY, 1); // NF_ACCEPT
             self.w.attr_str(NFTA_CHAIN_TYPE, hook.chain_type.as_str());
@@ -610,12 +613,20 @@ fn expr_body(w: &mut Writer, e: &Expr) {
         }
         Expr::Ct { key, dreg } => {
             w.attr_be32(1, dreg.0);
-            w.attr_be32(2, match key {
-                CtKey::State => 0,
-                CtKey::Status => 2,
-            });
+            w.attr_be32(
+                2,
+                match key {
+                    CtKey::State => 0,
+                    CtKey::Status => 2,
+                },
+            );
         }
-        Expr::Bitwise { sreg, dreg, mask, xor } => {
+        Expr::Bitwise {
+            sreg,
+            dreg,
+            mask,
+            xor,
+        } => {
             w.attr_be32(1, sreg.0);
             w.attr_be32(2, dreg.0);
             w.attr_be32(3, u32::try_from(mask.len()).expect("register-sized"));
@@ -624,13 +635,21 @@ fn expr_body(w: &mut Writer, e: &Expr) {
         }
         Expr::Cmp { sreg, op, data } => {
             w.attr_be32(1, sreg.0);
-            w.attr_be32(2, match op {
-                CmpOp::Eq => 0,
-                CmpOp::Neq => 1,
-            });
+            w.attr_be32(
+                2,
+                match op {
+                    CmpOp::Eq => 0,
+                    CmpOp::Neq => 1,
+                },
+            );
             w.data_value(3, data);
         }
-        Expr::Lookup { set, sreg, dreg, invert } => {
+        Expr::Lookup {
+            set,
+            sreg,
+            dreg,
+            invert,
+        } => {
             w.attr_str(1, set);
             w.attr_be32(2, sreg.0);
             if let Some(d) = dreg {
@@ -640,7 +659,11 @@ fn expr_body(w: &mut Writer, e: &Expr) {
                 w.attr_be32(5, 1); // NFT_LOOKUP_F_INV
             }
         }
-        Expr::Numgen { dreg, modulus, offset } => {
+        Expr::Numgen {
+            dreg,
+            modulus,
+            offset,
+        } => {
             w.attr_be32(1, dreg.0);
             w.attr_be32(2, *modulus);
             w.attr_be32(3, 1); // NFT_NG_RANDOM
@@ -651,9 +674,12 @@ fn expr_body(w: &mut Writer, e: &Expr) {
         Expr::Fib { on, dreg } => {
             w.attr_be32(1, dreg.0);
             w.attr_be32(2, 3); // NFT_FIB_RESULT_ADDRTYPE
-            w.attr_be32(3, match on {
-                FibOn::Saddr => 1, // NFTA_FIB_F_SADDR
-            });
+            w.attr_be32(
+                3,
+                match on {
+                    FibOn::Saddr => 1, // NFTA_FIB_F_SADDR
+                },
+            );
         }
         Expr::Immediate { dreg, data } => {
             w.attr_be32(1, dreg.0);
@@ -663,10 +689,18 @@ fn expr_body(w: &mut Writer, e: &Expr) {
             w.attr_be32(1, 0);
             w.verdict(2, v);
         }
-        Expr::Nat { kind, family, addr, port } => {
-            w.attr_be32(1, match kind {
-                NatKind::Dnat => 1,
-            });
+        Expr::Nat {
+            kind,
+            family,
+            addr,
+            port,
+        } => {
+            w.attr_be32(
+                1,
+                match kind {
+                    NatKind::Dnat => 1,
+                },
+            );
             w.attr_be32(2, u32::from(family.nfproto()));
             w.attr_be32(3, addr.0);
             if let Some(p) = port {
@@ -685,7 +719,11 @@ fn expr_body(w: &mut Writer, e: &Expr) {
             w.attr_be32(1, t);
             w.attr(2, &[code]);
         }
-        Expr::DynsetUpdate { set, sreg, timeout_ms } => {
+        Expr::DynsetUpdate {
+            set,
+            sreg,
+            timeout_ms,
+        } => {
             w.attr_str(1, set);
             w.attr_be32(3, 1); // NFT_DYNSET_OP_UPDATE
             w.attr_be32(4, sreg.0);
@@ -701,16 +739,27 @@ mod tests {
     #[test]
     fn values_are_padded_to_registers() {
         let mut out = Vec::new();
-        value_bytes(&Value::Frontend("10.0.0.1".parse().unwrap(), 6, 80), &mut out);
+        value_bytes(
+            &Value::Frontend("10.0.0.1".parse().unwrap(), 6, 80),
+            &mut out,
+        );
         assert_eq!(out, [10, 0, 0, 1, 6, 0, 0, 0, 0, 80, 0, 0]);
         out.clear();
-        value_bytes(&Value::AddrPort("10.0.0.2".parse().unwrap(), 8080), &mut out);
+        value_bytes(
+            &Value::AddrPort("10.0.0.2".parse().unwrap(), 8080),
+            &mut out,
+        );
         assert_eq!(out, [10, 0, 0, 2, 0x1f, 0x90, 0, 0]);
     }
 
     #[test]
     fn interval_end_uses_broadcast_address() {
-        let v = Value::FrontendSource("192.0.2.1".parse().unwrap(), 6, 80, "10.1.0.0/16".parse().unwrap());
+        let v = Value::FrontendSource(
+            "192.0.2.1".parse().unwrap(),
+            6,
+            80,
+            "10.1.0.0/16".parse().unwrap(),
+        );
         let mut start = Vec::new();
         value_bytes(&v, &mut start);
         let mut end = Vec::new();
@@ -722,7 +771,11 @@ mod tests {
 
     #[test]
     fn concat_types_and_lengths_match_nft() {
-        let key = &[DataType::Ipv4Addr, DataType::InetProto, DataType::InetService];
+        let key = &[
+            DataType::Ipv4Addr,
+            DataType::InetProto,
+            DataType::InetService,
+        ];
         assert_eq!(concat_type(key), (7 << 12) | (12 << 6) | 13);
         assert_eq!(concat_len(key), 12);
         assert_eq!(concat_len(&[DataType::Ipv6Addr]), 16);
@@ -746,6 +799,9 @@ mod tests {
             acks.push((seq, flags & NLM_F_ACK != 0));
             off += len;
         }
-        assert_eq!(acks, vec![(100, false), (101, false), (102, true), (103, false)]);
+        assert_eq!(
+            acks,
+            vec![(100, false), (101, false), (102, true), (103, false)]
+        );
     }
 }

@@ -55,23 +55,23 @@ fn too_old(rv: u64, gone: Gone) -> String {
     format!("too old resource version: {rv} ({})", gone.oldest)
 }
 
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-) -> Response {
+async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
     let params = Query::<BTreeMap<String, String>>::try_from_uri(&uri).map(|q| q.0);
     shared.record(RecordedRequest {
         method: method.to_string(),
         uri: uri.to_string(),
         path: uri.path().to_owned(),
-        params: params.clone().unwrap_or_default(),
+        params: params.as_ref().ok().cloned().unwrap_or_default(),
     });
     let Ok(params) = params else {
         return bad_request("invalid query string");
     };
     if method != Method::GET {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "the fake only serves GET");
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the fake only serves GET",
+        );
     }
     let Some(kind) = Kind::from_path(uri.path()) else {
         return error(
@@ -80,12 +80,21 @@ async fn handle(
             "the server could not find the requested resource",
         );
     };
-    let param = |name: &str| params.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    let param = |name: &str| {
+        params
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
     let selectors = match Selectors::parse(kind, param("labelSelector"), param("fieldSelector")) {
         Ok(selectors) => selectors,
         Err(message) => return bad_request(&message),
     };
-    let request = Request { kind, selectors, params: &params };
+    let request = Request {
+        kind,
+        selectors,
+        params: &params,
+    };
     if matches!(param("watch"), Some("true" | "1")) {
         watch(&shared, request)
     } else {
@@ -101,12 +110,18 @@ struct Request<'a> {
 
 impl Request<'_> {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.params
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     fn number(&self, name: &str) -> Result<Option<u64>, Response> {
         self.param(name)
-            .map(|v| v.parse().map_err(|_| bad_request(&format!("invalid {name}: {v:?}"))))
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad_request(&format!("invalid {name}: {v:?}")))
+            })
             .transpose()
     }
 }
@@ -125,18 +140,28 @@ fn list_source(shared: &Shared, request: &Request<'_>) -> Result<ListSource, Res
     let rv = request.number("resourceVersion")?;
     if let Some(token) = request.param("continue") {
         if rv.is_some() {
-            return Err(bad_request("specifying resource version is not allowed when using continue"));
+            return Err(bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
         let mut parts = token.splitn(3, '/');
         let (Some(rv), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad_request("continue key is not valid"));
         };
-        let rv = rv.parse().map_err(|_| bad_request("continue key is not valid"))?;
+        let rv = rv
+            .parse()
+            .map_err(|_| bad_request("continue key is not valid"))?;
         let objects = store.at(request.kind, rv).map_err(|_| {
-            gone("The provided continue parameter is too old to display a consistent list result. \
-                  You can start a new list without the continue parameter.")
+            gone(
+                "The provided continue parameter is too old to display a consistent list result. \
+                  You can start a new list without the continue parameter.",
+            )
         })?;
-        return Ok(ListSource { rv, objects, after: Some((ns.to_owned(), name.to_owned())) });
+        return Ok(ListSource {
+            rv,
+            objects,
+            after: Some((ns.to_owned(), name.to_owned())),
+        });
     }
     let too_large = |rv: u64| {
         error(
@@ -146,26 +171,46 @@ fn list_source(shared: &Shared, request: &Request<'_>) -> Result<ListSource, Res
         )
     };
     match (rv, request.param("resourceVersionMatch")) {
-        (None, None) => Ok(ListSource { rv: current, objects: store.current(request.kind), after: None }),
-        (None, Some(_)) => Err(bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided")),
+        (None, None) => Ok(ListSource {
+            rv: current,
+            objects: store.current(request.kind),
+            after: None,
+        }),
+        (None, Some(_)) => Err(bad_request(
+            "resourceVersionMatch is forbidden unless resourceVersion is provided",
+        )),
         (Some(rv), Some("Exact")) => {
             if rv == 0 {
-                return Err(bad_request("resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\""));
+                return Err(bad_request(
+                    "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+                ));
             }
             if rv > current {
                 return Err(too_large(rv));
             }
-            let objects = store.at(request.kind, rv).map_err(|g| gone(&too_old(rv, g)))?;
-            Ok(ListSource { rv, objects, after: None })
+            let objects = store
+                .at(request.kind, rv)
+                .map_err(|g| gone(&too_old(rv, g)))?;
+            Ok(ListSource {
+                rv,
+                objects,
+                after: None,
+            })
         }
         // "0" is "any version": the newest is as good as any.
         (Some(rv), None | Some("NotOlderThan")) => {
             if rv > current {
                 return Err(too_large(rv));
             }
-            Ok(ListSource { rv: current, objects: store.current(request.kind), after: None })
+            Ok(ListSource {
+                rv: current,
+                objects: store.current(request.kind),
+                after: None,
+            })
         }
-        (Some(_), Some(other)) => Err(bad_request(&format!("unsupported resourceVersionMatch {other:?}"))),
+        (Some(_), Some(other)) => Err(bad_request(&format!(
+            "unsupported resourceVersionMatch {other:?}"
+        ))),
     }
 }
 
@@ -191,7 +236,10 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
         .filter(|(key, _)| source.after.as_ref().is_none_or(|after| key > after))
         .filter(|(_, object)| request.selectors.matches(object));
     let items: Vec<_> = match limit {
-        #[expect(clippy::cast_possible_truncation, reason = "a limit beyond usize is no limit")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "a limit beyond usize is no limit"
+        )]
         Some(limit) => selected.by_ref().take(limit as usize).collect(),
         None => selected.by_ref().collect(),
     };
@@ -243,11 +291,15 @@ fn watch(shared: &Arc<Shared>, request: Request<'_>) -> Response {
             return bad_request("sendInitialEvents requires allowWatchBookmarks=true");
         }
     } else if version_match.is_some() {
-        return bad_request("resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided");
+        return bad_request(
+            "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        );
     }
     let start = match rv {
         _ if initial_events => Start::State { end_bookmark: true },
-        None | Some(0) => Start::State { end_bookmark: false },
+        None | Some(0) => Start::State {
+            end_bookmark: false,
+        },
         Some(rv) => Start::After(rv),
     };
     let (tx, rx) = mpsc::channel(64);
@@ -288,7 +340,9 @@ impl Watch {
         let interval = self.shared.bookmark_interval();
         let mut next_bookmark = Instant::now() + interval;
 
-        let Ok(Some(mut seen)) = self.begin(start).await else { return };
+        let Ok(Some(mut seen)) = self.begin(start).await else {
+            return;
+        };
         loop {
             tokio::select! {
                 changed = written.changed() => {
@@ -342,8 +396,13 @@ impl Watch {
                     let store = self.shared.store();
                     (store.resource_version(), store.current(self.kind))
                 };
-                for object in objects.values().filter(|o| self.selectors.matches(o)) {
-                    self.send(&json!({"type": "ADDED", "object": object})).await?;
+                let selected: Vec<_> = objects
+                    .into_values()
+                    .filter(|o| self.selectors.matches(o))
+                    .collect();
+                for object in selected {
+                    self.send(&json!({"type": "ADDED", "object": &*object}))
+                        .await?;
                 }
                 if end_bookmark {
                     self.send_bookmark(rv, true).await?;
@@ -353,7 +412,9 @@ impl Watch {
             Start::After(rv) => {
                 let events = {
                     let store = self.shared.store();
-                    store.events_after(self.kind, rv, true).map(|e| (e, store.resource_version()))
+                    store
+                        .events_after(self.kind, rv, true)
+                        .map(|e| (e, store.resource_version()))
                 };
                 match events {
                     Ok((events, current)) => {
@@ -372,22 +433,30 @@ impl Watch {
     async fn send(&mut self, event: &Value) -> Result<(), Closed> {
         let mut line = serde_json::to_vec(event).expect("JSON values serialize");
         line.push(b'\n');
-        self.tx.send(Ok(Bytes::from(line))).await.map_err(|_| Closed)
+        self.tx
+            .send(Ok(Bytes::from(line)))
+            .await
+            .map_err(|_| Closed)
     }
 
     /// Sends events as a selected watch sees them: an update that leaves the selection
     /// is a deletion, one that enters it an addition.
     async fn send_events(&mut self, events: &[Event]) -> Result<(), Closed> {
         for event in events {
-            let now = event.event_type != EventType::Deleted && self.selectors.matches(&event.object);
-            let before = event.prev.as_ref().is_some_and(|p| self.selectors.matches(p));
+            let now =
+                event.event_type != EventType::Deleted && self.selectors.matches(&event.object);
+            let before = event
+                .prev
+                .as_ref()
+                .is_some_and(|p| self.selectors.matches(p));
             let event_type = match (before, now) {
                 (false, true) => EventType::Added,
                 (true, true) => EventType::Modified,
                 (true, false) => EventType::Deleted,
                 (false, false) => continue,
             };
-            self.send(&json!({"type": event_type.wire(), "object": &*event.object})).await?;
+            self.send(&json!({"type": event_type.wire(), "object": &*event.object}))
+                .await?;
         }
         Ok(())
     }
@@ -402,7 +471,8 @@ impl Watch {
             "apiVersion": self.kind.api_version(),
             "metadata": metadata,
         });
-        self.send(&json!({"type": "BOOKMARK", "object": object})).await
+        self.send(&json!({"type": "BOOKMARK", "object": object}))
+            .await
     }
 
     /// The watch cache's answer to a version it no longer has: HTTP 200 and one ERROR

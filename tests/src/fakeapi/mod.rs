@@ -139,7 +139,9 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// Whether this is a watch (`watch=true`) rather than a list.
     pub fn is_watch(&self) -> bool {
-        self.params.get("watch").is_some_and(|w| w == "true" || w == "1")
+        self.params
+            .get("watch")
+            .is_some_and(|w| w == "true" || w == "1")
     }
 
     /// A query parameter, if present.
@@ -175,14 +177,23 @@ impl FakeApiServer {
             open_watches: Mutex::new(0),
         });
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("fake API server: bind");
-        let port = listener.local_addr().expect("fake API server: local address").port();
-        let server = Self { shared, port, runtime: Mutex::new(None) };
+        let port = listener
+            .local_addr()
+            .expect("fake API server: local address")
+            .port();
+        let server = Self {
+            shared,
+            port,
+            runtime: Mutex::new(None),
+        };
         server.serve(listener);
         server
     }
 
     fn serve(&self, listener: TcpListener) {
-        listener.set_nonblocking(true).expect("fake API server: set_nonblocking");
+        listener
+            .set_nonblocking(true)
+            .expect("fake API server: set_nonblocking");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("fakeapi")
@@ -193,7 +204,9 @@ impl FakeApiServer {
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .expect("fake API server: register the listener");
-            axum::serve(listener, router).await.expect("fake API server: serve");
+            axum::serve(listener, router)
+                .await
+                .expect("fake API server: serve");
         });
         *lock(&self.runtime) = Some(runtime);
     }
@@ -238,7 +251,8 @@ impl FakeApiServer {
     /// If the object is not one of the three kinds or has no name: that is a bug in the
     /// test.
     pub fn apply(&self, object: impl Serialize) -> u64 {
-        self.try_apply(object).unwrap_or_else(|e| panic!("fake API server: {e}"))
+        self.try_apply(object)
+            .unwrap_or_else(|e| panic!("fake API server: {e}"))
     }
 
     /// [`FakeApiServer::apply`], returning the error instead of panicking.
@@ -308,7 +322,10 @@ impl FakeApiServer {
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => panic!("fake API server: cannot listen on {} again: {e}", self.addr()),
+                Err(e) => panic!(
+                    "fake API server: cannot listen on {} again: {e}",
+                    self.addr()
+                ),
             }
         };
         self.serve(listener);
@@ -326,7 +343,9 @@ impl FakeApiServer {
 
     /// Makes the next `n` list requests of `kind` fail with 500 InternalError.
     pub fn fail_next_lists_of(&self, kind: Kind, n: u32) {
-        *lock(&self.shared.failing_lists).entry(Some(kind)).or_default() += n;
+        *lock(&self.shared.failing_lists)
+            .entry(Some(kind))
+            .or_default() += n;
     }
 
     /// List failures still to come.

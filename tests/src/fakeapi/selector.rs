@@ -20,7 +20,8 @@ impl Requirement {
         let text = text.trim();
         let valid_key = |k: &str| {
             !k.is_empty()
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
         };
         let requirement = if let Some((key, value)) = text.split_once("!=") {
             Self::NotEqual(key.trim().into(), value.trim().into())
@@ -33,8 +34,10 @@ impl Requirement {
         } else {
             Self::Exists(text.into())
         };
-        let (Self::Exists(key) | Self::DoesNotExist(key) | Self::Equal(key, _) | Self::NotEqual(key, _)) =
-            &requirement;
+        let (Self::Exists(key)
+        | Self::DoesNotExist(key)
+        | Self::Equal(key, _)
+        | Self::NotEqual(key, _)) = &requirement;
         if valid_key(key) {
             Ok(requirement)
         } else {
@@ -43,8 +46,10 @@ impl Requirement {
     }
 
     fn key(&self) -> &str {
-        let (Self::Exists(key) | Self::DoesNotExist(key) | Self::Equal(key, _) | Self::NotEqual(key, _)) =
-            self;
+        let (Self::Exists(key)
+        | Self::DoesNotExist(key)
+        | Self::Equal(key, _)
+        | Self::NotEqual(key, _)) = self;
         key
     }
 
@@ -65,7 +70,9 @@ fn parse_all(text: Option<&str>) -> Result<Vec<Requirement>, String> {
         return Ok(Vec::new());
     }
     if text.contains('(') {
-        return Err(format!("set-based selectors are not supported by the fake: {text:?}"));
+        return Err(format!(
+            "set-based selectors are not supported by the fake: {text:?}"
+        ));
     }
     text.split(',').map(Requirement::parse).collect()
 }
@@ -92,12 +99,19 @@ fn supported_field(kind: Kind, field: &str) -> bool {
 }
 
 impl Selectors {
-    pub(crate) fn parse(kind: Kind, labels: Option<&str>, fields: Option<&str>) -> Result<Self, String> {
+    pub(crate) fn parse(
+        kind: Kind,
+        labels: Option<&str>,
+        fields: Option<&str>,
+    ) -> Result<Self, String> {
         let labels = parse_all(labels)?;
         let fields = parse_all(fields)?;
         for field in &fields {
             if matches!(field, Requirement::Exists(_) | Requirement::DoesNotExist(_)) {
-                return Err(format!("invalid field selector {:?}: needs an operator", field.key()));
+                return Err(format!(
+                    "invalid field selector {:?}: needs an operator",
+                    field.key()
+                ));
             }
             if !supported_field(kind, field.key()) {
                 return Err(format!(
@@ -151,14 +165,30 @@ mod tests {
         .unwrap();
         assert!(sel.matches(&svc(json!({"app": "x"}), "10.0.0.1")));
         assert!(sel.matches(&svc(Value::Null, "10.0.0.1")));
-        assert!(!sel.matches(&svc(json!({"service.kubernetes.io/headless": ""}), "10.0.0.1")));
-        assert!(!sel.matches(&svc(json!({"service.kubernetes.io/service-proxy-name": "x"}), "1.1.1.1")));
+        assert!(!sel.matches(&svc(
+            json!({"service.kubernetes.io/headless": ""}),
+            "10.0.0.1"
+        )));
+        assert!(!sel.matches(&svc(
+            json!({"service.kubernetes.io/service-proxy-name": "x"}),
+            "1.1.1.1"
+        )));
         assert!(!sel.matches(&svc(Value::Null, "None")));
 
-        let named = Selectors::parse(Kind::Service, Some("service.kubernetes.io/service-proxy-name=mine"), None)
-            .unwrap();
-        assert!(named.matches(&svc(json!({"service.kubernetes.io/service-proxy-name": "mine"}), "")));
-        assert!(!named.matches(&svc(json!({"service.kubernetes.io/service-proxy-name": "other"}), "")));
+        let named = Selectors::parse(
+            Kind::Service,
+            Some("service.kubernetes.io/service-proxy-name=mine"),
+            None,
+        )
+        .unwrap();
+        assert!(named.matches(&svc(
+            json!({"service.kubernetes.io/service-proxy-name": "mine"}),
+            ""
+        )));
+        assert!(!named.matches(&svc(
+            json!({"service.kubernetes.io/service-proxy-name": "other"}),
+            ""
+        )));
         assert!(!named.matches(&svc(Value::Null, "")));
 
         let not_equal = Selectors::parse(Kind::Service, Some("app!=x"), None).unwrap();

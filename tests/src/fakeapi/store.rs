@@ -173,10 +173,6 @@ impl Store {
         self.rv
     }
 
-    pub(crate) fn oldest(&self) -> u64 {
-        self.oldest
-    }
-
     /// Creates or updates an object. Returns the resourceVersion after the call; an update
     /// that changes nothing is no write, as on the real server.
     pub(crate) fn apply(&mut self, mut object: Value) -> Result<u64, ApplyError> {
@@ -195,7 +191,10 @@ impl Store {
             _ => return Err(ApplyError::MissingName { kind }),
         };
         let namespace = if kind.namespaced() {
-            let ns = metadata.get("namespace").and_then(Value::as_str).unwrap_or_default();
+            let ns = metadata
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let ns = if ns.is_empty() { "default" } else { ns }.to_owned();
             metadata.insert("namespace".into(), Value::String(ns.clone()));
             ns
@@ -209,7 +208,10 @@ impl Store {
         let prev = self.objects.entry(kind).or_default().get(&key).cloned();
         // Server-owned fields survive an update that does not set them.
         for field in ["uid", "creationTimestamp"] {
-            let kept = prev.as_ref().and_then(|p| p["metadata"].get(field)).cloned();
+            let kept = prev
+                .as_ref()
+                .and_then(|p| p["metadata"].get(field))
+                .cloned();
             let value = kept.unwrap_or_else(|| match field {
                 "uid" => {
                     self.next_uid += 1;
@@ -231,9 +233,23 @@ impl Store {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
         let object = Arc::new(object);
-        self.objects.entry(kind).or_default().insert(key.clone(), object.clone());
-        let event_type = if prev.is_some() { EventType::Modified } else { EventType::Added };
-        self.record(Event { rv: self.rv, kind, key, event_type, object, prev });
+        self.objects
+            .entry(kind)
+            .or_default()
+            .insert(key.clone(), object.clone());
+        let event_type = if prev.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        self.record(Event {
+            rv: self.rv,
+            kind,
+            key,
+            event_type,
+            object,
+            prev,
+        });
         Ok(self.rv)
     }
 
@@ -285,7 +301,9 @@ impl Store {
     /// The objects of `kind` as they were at resourceVersion `rv`, undoing the history.
     pub(crate) fn at(&self, kind: Kind, rv: u64) -> Result<Objects, Gone> {
         if rv < self.oldest {
-            return Err(Gone { oldest: self.oldest });
+            return Err(Gone {
+                oldest: self.oldest,
+            });
         }
         let mut objects = self.current(kind);
         for event in self.history.iter().rev().take_while(|e| e.rv > rv) {
@@ -303,12 +321,28 @@ impl Store {
     /// Events of `kind` after `rv`, for a new watch (`fresh`) or a running one. A new
     /// watch needs the whole history after `rv`; a running one only lost something if
     /// events it had not read yet were dropped.
-    pub(crate) fn events_after(&self, kind: Kind, rv: u64, fresh: bool) -> Result<Vec<Event>, Gone> {
-        let lost = if fresh { rv < self.oldest } else { rv < self.lost_through };
+    pub(crate) fn events_after(
+        &self,
+        kind: Kind,
+        rv: u64,
+        fresh: bool,
+    ) -> Result<Vec<Event>, Gone> {
+        let lost = if fresh {
+            rv < self.oldest
+        } else {
+            rv < self.lost_through
+        };
         if lost {
-            return Err(Gone { oldest: self.oldest });
+            return Err(Gone {
+                oldest: self.oldest,
+            });
         }
         let start = self.history.partition_point(|e| e.rv <= rv);
-        Ok(self.history.range(start..).filter(|e| e.kind == kind).cloned().collect())
+        Ok(self
+            .history
+            .range(start..)
+            .filter(|e| e.kind == kind)
+            .cloned()
+            .collect())
     }
 }

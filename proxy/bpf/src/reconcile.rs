@@ -1,0 +1,734 @@
+//! Model → map operations, make-before-break.
+//!
+//! The reconciler remembers what the maps hold (recovered from them at start, then kept
+//! up to date after every successful operation) and writes only differences.
+//!
+//! # Update order
+//!
+//! Within one sync:
+//! 1. backends the new slots need are written (new ids only; an id never changes address);
+//! 2. affinity-match entries for new (service, backend) pairs;
+//! 3. per frontend: slots `1..=new_count` whose backend changed, then the frontend entry
+//!    (slot 0) with the new count and flags: the commit point for readers;
+//! 4. frontends no longer wanted lose their slot-0 entry (readers stop finding them);
+//! 5. affinity-match entries for pairs that went away;
+//! 6. slots beyond a frontend's new count, and backends no slot references any more, are
+//!    *retired*, not deleted.
+//!
+//! Retired elements are deleted by the first sync that starts at least [`GRACE`] later.
+//! That closes the window Cilium leaves open (ebpf-peers.md §1.5): a program that read a
+//! frontend entry just before its count shrank, or before it was removed, still finds
+//! every slot and backend that entry pointed to, because a program run (one RCU read
+//! section, microseconds) is over long before the grace period. A retired element that is
+//! wanted again before its deletion is simply reused.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use kproxy_common::{
+    Addr, AffinityMatchKey, Backend, FLAG_CLUSTER_IP, FLAG_DROP, FLAG_EXTERNAL_IP,
+    FLAG_LOAD_BALANCER, FLAG_NODE_PORT, FLAG_REJECT, FLAG_SOURCE_RANGES, SCOPE_ALL, SCOPE_NODE,
+    SCOPE_POD, ServiceKey, ServiceValue,
+};
+use kproxy_model::{
+    FrontendKind, IpFamily, ModelDiff, ProxyModel, ServicePort, ServicePortKey, Verdict,
+};
+
+use crate::maps::{LbMaps, MapsError};
+
+/// How long a retired slot or backend stays in its map before deletion.
+pub(crate) const GRACE: Duration = Duration::from_secs(1);
+
+/// Most backend slots a frontend can have (the count is a `u16`).
+const MAX_SLOTS: usize = u16::MAX as usize;
+
+/// What a sync did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Frontend entries (address, port, protocol, client scope) the sync looked at.
+    pub frontends: usize,
+    /// Map elements written.
+    pub updates: usize,
+    /// Map elements deleted.
+    pub deletes: usize,
+    /// Retired elements still waiting for their grace period to end.
+    pub pending_deletes: usize,
+}
+
+/// Which verdict of a service port an entry serves; each gets its own service id, so
+/// affinity and its validation never mix backend sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    /// `internal`, for ClusterIPs.
+    Internal,
+    /// `external.verdict`, for external frontends.
+    External,
+    /// `external.cluster_verdict`, for node and pod clients of eTP Local frontends.
+    ExternalCluster,
+}
+
+/// What one frontend entry should hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Desired {
+    class: Class,
+    affinity_secs: u32,
+    flags: u16,
+    backends: Vec<Backend>,
+}
+
+/// What the map holds for one frontend entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Written {
+    master: ServiceValue,
+    /// Backend ids of slots `1..=master.count`.
+    slots: Vec<u32>,
+}
+
+/// The reconciler: known map content, ownership, id allocation and retirement.
+#[derive(Debug, Default)]
+pub(crate) struct Reconciler {
+    frontends: BTreeMap<ServiceKey, Written>,
+    backends: BTreeMap<u32, Backend>,
+    backend_ids: BTreeMap<Backend, u32>,
+    /// Active slots referencing each backend.
+    backend_refs: BTreeMap<u32, usize>,
+    matches: BTreeSet<AffinityMatchKey>,
+    /// Every port that wants a frontend entry; the first one owns it.
+    claims: BTreeMap<ServiceKey, BTreeSet<ServicePortKey>>,
+    /// What each port wanted at its last sync.
+    port_frontends: BTreeMap<ServicePortKey, BTreeSet<ServiceKey>>,
+    service_ids: BTreeMap<(ServicePortKey, Class), u32>,
+    used_service_ids: BTreeSet<u32>,
+    /// Ids found in the maps at start, by frontend entry, until a port adopts them.
+    recovered_ids: BTreeMap<ServiceKey, u32>,
+    next_service_id: u32,
+    next_backend_id: u32,
+    retired_slots: BTreeMap<ServiceKey, Instant>,
+    retired_backends: BTreeMap<u32, Instant>,
+    /// Until the first full sync, ownership is unknown (the maps do not record it).
+    synced: bool,
+}
+
+fn slot_key(frontend: &ServiceKey, slot: u16) -> ServiceKey {
+    ServiceKey { slot, ..*frontend }
+}
+
+pub(crate) fn addr_of(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => Addr::from_bytes(v4.to_ipv6_mapped().octets()),
+        IpAddr::V6(v6) => Addr::from_bytes(v6.octets()),
+    }
+}
+
+fn kind_flag(kind: &FrontendKind) -> u16 {
+    match kind {
+        FrontendKind::ClusterIp => FLAG_CLUSTER_IP,
+        FrontendKind::ExternalIp => FLAG_EXTERNAL_IP,
+        FrontendKind::LoadBalancer => FLAG_LOAD_BALANCER,
+        FrontendKind::NodePort => FLAG_NODE_PORT,
+    }
+}
+
+/// The entries a service port wants, by frontend entry key. Inconsistent input is
+/// warned about once, naming the port, and left out.
+fn desired_entries(port: &ServicePort) -> BTreeMap<ServiceKey, Desired> {
+    let proto = port.key.name.protocol.number();
+    let family = port.key.family;
+    let mut out = BTreeMap::new();
+    let verdict = |class: Class, verdict: &Verdict, flags: u16| -> Desired {
+        let affinity_secs = port.affinity_timeout_secs.unwrap_or(0);
+        match verdict {
+            Verdict::Forward(_) => {
+                let mut backends: Vec<Backend> = verdict
+                    .endpoints(port)
+                    .filter(|e| IpFamily::of(&e.ip) == family)
+                    .map(|e| Backend {
+                        addr: addr_of(e.ip),
+                        port: e.port.to_be(),
+                        proto,
+                        pad: 0,
+                    })
+                    .collect();
+                if backends.len() > MAX_SLOTS {
+                    tracing::warn!(
+                        service_port = %port.key,
+                        endpoints = backends.len(),
+                        "too many endpoints for one frontend; using the first {MAX_SLOTS}"
+                    );
+                    backends.truncate(MAX_SLOTS);
+                }
+                if backends.is_empty() {
+                    tracing::warn!(
+                        service_port = %port.key,
+                        "forward verdict without endpoints of the port's family; rejecting"
+                    );
+                    return Desired {
+                        class,
+                        affinity_secs,
+                        flags: flags | FLAG_REJECT,
+                        backends,
+                    };
+                }
+                Desired {
+                    class,
+                    affinity_secs,
+                    flags,
+                    backends,
+                }
+            }
+            Verdict::Reject => Desired {
+                class,
+                affinity_secs,
+                flags: flags | FLAG_REJECT,
+                backends: Vec::new(),
+            },
+            Verdict::Drop => Desired {
+                class,
+                affinity_secs,
+                flags: flags | FLAG_DROP,
+                backends: Vec::new(),
+            },
+        }
+    };
+    for fe in &port.frontends {
+        if IpFamily::of(&fe.ip) != family {
+            tracing::warn!(service_port = %port.key, frontend = %fe.ip, "frontend of the wrong family; skipped");
+            continue;
+        }
+        let key = ServiceKey {
+            addr: addr_of(fe.ip),
+            port: fe.port.to_be(),
+            slot: 0,
+            proto,
+            scope: SCOPE_ALL,
+            pad: [0; 2],
+        };
+        let mut flags = kind_flag(&fe.kind);
+        if fe.kind == FrontendKind::ClusterIp {
+            out.insert(key, verdict(Class::Internal, &port.internal, flags));
+            continue;
+        }
+        let Some(ext) = &port.external else {
+            tracing::warn!(
+                service_port = %port.key,
+                frontend = %fe.ip,
+                "external frontend without an external verdict; skipped"
+            );
+            continue;
+        };
+        if fe.kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
+            flags |= FLAG_SOURCE_RANGES;
+        }
+        out.insert(key, verdict(Class::External, &ext.verdict, flags));
+        if ext.cluster_verdict != ext.verdict {
+            let cluster = verdict(Class::ExternalCluster, &ext.cluster_verdict, flags);
+            if ext.node_sources_use_cluster {
+                out.insert(
+                    ServiceKey {
+                        scope: SCOPE_NODE,
+                        ..key
+                    },
+                    cluster.clone(),
+                );
+            }
+            if !ext.pod_sources_use_cluster.is_empty() {
+                out.insert(
+                    ServiceKey {
+                        scope: SCOPE_POD,
+                        ..key
+                    },
+                    cluster,
+                );
+            }
+        }
+    }
+    out
+}
+
+fn next_free(next: &mut u32, used: impl Fn(u32) -> bool) -> u32 {
+    loop {
+        let id = (*next).max(1);
+        *next = id.wrapping_add(1);
+        if !used(id) {
+            return id;
+        }
+    }
+}
+
+impl Reconciler {
+    /// Rebuilds the known state from the maps left by a previous agent (or empty maps).
+    /// Ids in use stay reserved so they keep their meaning; elements nothing active
+    /// references are retired from `now`.
+    pub(crate) fn recover(maps: &impl LbMaps, now: Instant) -> Result<Self, MapsError> {
+        let mut r = Reconciler {
+            next_service_id: 1,
+            next_backend_id: 1,
+            ..Reconciler::default()
+        };
+        let entries = maps.services()?;
+        let mut slots: BTreeMap<ServiceKey, u32> = BTreeMap::new();
+        for (key, value) in &entries {
+            if key.slot == 0 {
+                r.frontends.insert(
+                    *key,
+                    Written {
+                        master: *value,
+                        slots: Vec::new(),
+                    },
+                );
+                r.recovered_ids.insert(*key, value.service_id);
+                r.used_service_ids.insert(value.service_id);
+            } else {
+                slots.insert(*key, value.target);
+            }
+        }
+        for (key, written) in &mut r.frontends {
+            for slot in 1..=written.master.count {
+                // A missing slot (never expected) reads as id 0, which the next write fixes.
+                written
+                    .slots
+                    .push(slots.remove(&slot_key(key, slot)).unwrap_or(0));
+            }
+        }
+        for key in slots.into_keys() {
+            r.retired_slots.insert(key, now);
+        }
+        for (id, backend) in maps.backends()? {
+            r.backends.insert(id, backend);
+            r.backend_ids.insert(backend, id);
+        }
+        for written in r.frontends.values() {
+            for id in &written.slots {
+                *r.backend_refs.entry(*id).or_default() += 1;
+            }
+        }
+        for id in r.backends.keys() {
+            if !r.backend_refs.contains_key(id) {
+                r.retired_backends.insert(*id, now);
+            }
+        }
+        r.matches = maps.affinity_matches()?.into_iter().collect();
+        r.next_service_id = r.used_service_ids.last().map_or(1, |m| m.wrapping_add(1));
+        r.next_backend_id = r.backends.keys().last().map_or(1, |m| m.wrapping_add(1));
+        Ok(r)
+    }
+
+    /// Number of frontend entries the maps hold.
+    pub(crate) fn frontend_count(&self) -> usize {
+        self.frontends.len()
+    }
+
+    /// Brings every entry to `model`: ports not in it lose their entries, and anything in
+    /// the maps no port wants is removed.
+    pub(crate) fn sync_full(
+        &mut self,
+        maps: &mut impl LbMaps,
+        model: &ProxyModel,
+        now: Instant,
+    ) -> Result<SyncStats, MapsError> {
+        let mut affected: BTreeSet<ServicePortKey> = model.ports.keys().cloned().collect();
+        affected.extend(self.port_frontends.keys().cloned());
+        let orphans: BTreeSet<ServiceKey> = self
+            .frontends
+            .keys()
+            .filter(|k| !self.claims.contains_key(k))
+            .copied()
+            .collect();
+        let stats = self.sync(maps, model, &affected, orphans, true, now);
+        if stats.is_ok() {
+            self.synced = true;
+        }
+        stats
+    }
+
+    /// Brings the ports named in `diff` (and ports taking over frontends they release)
+    /// to `model`. Before the first full sync this is a full sync.
+    pub(crate) fn sync_partial(
+        &mut self,
+        maps: &mut impl LbMaps,
+        model: &ProxyModel,
+        diff: &ModelDiff,
+        now: Instant,
+    ) -> Result<SyncStats, MapsError> {
+        if !self.synced {
+            return self.sync_full(maps, model, now);
+        }
+        let affected: BTreeSet<ServicePortKey> = diff
+            .added
+            .iter()
+            .chain(&diff.updated)
+            .chain(&diff.removed)
+            .cloned()
+            .collect();
+        let result = self.sync(maps, model, &affected, BTreeSet::new(), false, now);
+        if result.is_err() {
+            // Known state is exact, but ownership bookkeeping may be ahead of the maps:
+            // the next sync, even a partial one, redoes everything.
+            self.synced = false;
+        }
+        result
+    }
+
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one ordered sequence; splitting hides the order"
+    )]
+    fn sync(
+        &mut self,
+        maps: &mut impl LbMaps,
+        model: &ProxyModel,
+        affected: &BTreeSet<ServicePortKey>,
+        mut touched: BTreeSet<ServiceKey>,
+        full: bool,
+        now: Instant,
+    ) -> Result<SyncStats, MapsError> {
+        let mut stats = SyncStats::default();
+        self.sweep(maps, now, &mut stats)?;
+
+        // Claims: who wants which frontend entry now.
+        let mut desired: BTreeMap<ServicePortKey, BTreeMap<ServiceKey, Desired>> = BTreeMap::new();
+        for key in affected {
+            let entries = model
+                .ports
+                .get(key)
+                .map(desired_entries)
+                .unwrap_or_default();
+            let new: BTreeSet<ServiceKey> = entries.keys().copied().collect();
+            let old = self.port_frontends.remove(key).unwrap_or_default();
+            for fe in old.difference(&new) {
+                if let Some(c) = self.claims.get_mut(fe) {
+                    c.remove(key);
+                    if c.is_empty() {
+                        self.claims.remove(fe);
+                    }
+                }
+            }
+            for fe in &new {
+                self.claims.entry(*fe).or_default().insert(key.clone());
+            }
+            touched.extend(old.iter().copied());
+            touched.extend(new.iter().copied());
+            if !new.is_empty() {
+                self.port_frontends.insert(key.clone(), new);
+            }
+            desired.insert(key.clone(), entries);
+        }
+        // Owners of touched entries that were not affected themselves (they take over a
+        // frontend another port released) are computed too.
+        let owners: BTreeMap<ServiceKey, ServicePortKey> = touched
+            .iter()
+            .filter_map(|fe| {
+                let claims = self.claims.get(fe)?;
+                if claims.len() > 1 {
+                    tracing::warn!(
+                        frontend = ?fe,
+                        owner = %claims.first()?,
+                        others = claims.len() - 1,
+                        "several service ports claim one frontend; the first one serves it"
+                    );
+                }
+                Some((*fe, claims.first()?.clone()))
+            })
+            .collect();
+        for owner in owners.values() {
+            if !desired.contains_key(owner) {
+                let entries = model
+                    .ports
+                    .get(owner)
+                    .map(desired_entries)
+                    .unwrap_or_default();
+                desired.insert(owner.clone(), entries);
+            }
+        }
+
+        // Service ids: adopt recovered ones by frontend, else allocate.
+        for (port, entries) in &desired {
+            for (fe, d) in entries {
+                if self.service_ids.contains_key(&(port.clone(), d.class)) {
+                    continue;
+                }
+                let id = match self.recovered_ids.remove(fe) {
+                    Some(id) if !self.service_ids.values().any(|v| *v == id) => id,
+                    _ => {
+                        let used = &self.used_service_ids;
+                        next_free(&mut self.next_service_id, |id| used.contains(&id))
+                    }
+                };
+                self.used_service_ids.insert(id);
+                self.service_ids.insert((port.clone(), d.class), id);
+            }
+        }
+
+        // 1. Backends.
+        let mut plans: Vec<(ServiceKey, ServiceValue, Vec<u32>)> = Vec::new();
+        for (fe, owner) in &owners {
+            let d = &desired[owner][fe];
+            let mut ids = Vec::with_capacity(d.backends.len());
+            for b in &d.backends {
+                ids.push(self.backend_id(maps, b, &mut stats)?);
+            }
+            #[expect(clippy::cast_possible_truncation, reason = "capped at MAX_SLOTS")]
+            let master = ServiceValue {
+                target: d.affinity_secs,
+                count: ids.len() as u16,
+                flags: d.flags,
+                service_id: self.service_ids[&(owner.clone(), d.class)],
+            };
+            plans.push((*fe, master, ids));
+        }
+        stats.frontends = plans.len();
+
+        // 2. Affinity-match additions; deletions are collected for step 5.
+        let mut wanted_matches: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for port in desired.keys() {
+            for ((p, _), id) in self.service_ids.range((port.clone(), Class::Internal)..) {
+                if p != port {
+                    break;
+                }
+                wanted_matches.insert(*id, BTreeSet::new());
+            }
+        }
+        for (_, master, ids) in &plans {
+            if master.target != 0 {
+                if let Some(set) = wanted_matches.get_mut(&master.service_id) {
+                    set.extend(ids.iter().copied());
+                }
+            }
+        }
+        for (service_id, backends) in &wanted_matches {
+            for backend_id in backends {
+                let key = AffinityMatchKey {
+                    service_id: *service_id,
+                    backend_id: *backend_id,
+                };
+                if !self.matches.contains(&key) {
+                    maps.affinity_match_update(&key)?;
+                    stats.updates += 1;
+                    self.matches.insert(key);
+                }
+            }
+        }
+
+        // 3. Slots, then the frontend entry.
+        for (fe, master, ids) in &plans {
+            self.write_frontend(maps, fe, *master, ids, now, &mut stats)?;
+        }
+
+        // 4. Entries nobody wants.
+        for fe in &touched {
+            if !owners.contains_key(fe) {
+                self.remove_frontend(maps, fe, now, &mut stats)?;
+            }
+        }
+
+        // A full sync has seen every port: recovered ids nobody adopted are free again.
+        if full {
+            self.recovered_ids.clear();
+            self.used_service_ids = self.service_ids.values().copied().collect();
+        }
+
+        // 5. Affinity-match deletions.
+        let stale: Vec<AffinityMatchKey> = self
+            .matches
+            .iter()
+            .filter(|m| {
+                wanted_matches
+                    .get(&m.service_id)
+                    .is_some_and(|set| !set.contains(&m.backend_id))
+                    || !self.used_service_ids.contains(&m.service_id)
+            })
+            .copied()
+            .collect();
+        for key in stale {
+            maps.affinity_match_delete(&key)?;
+            stats.deletes += 1;
+            self.matches.remove(&key);
+        }
+
+        // Ids of ports that are gone.
+        for port in affected {
+            if !model.ports.contains_key(port) {
+                let gone: Vec<(ServicePortKey, Class)> = self
+                    .service_ids
+                    .keys()
+                    .filter(|(p, _)| p == port)
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    if let Some(id) = self.service_ids.remove(&k) {
+                        self.used_service_ids.remove(&id);
+                        let dead: Vec<AffinityMatchKey> = self
+                            .matches
+                            .iter()
+                            .filter(|m| m.service_id == id)
+                            .copied()
+                            .collect();
+                        for key in dead {
+                            maps.affinity_match_delete(&key)?;
+                            stats.deletes += 1;
+                            self.matches.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+
+        // 6. Backends no slot references.
+        let unreferenced: Vec<u32> = self
+            .backends
+            .keys()
+            .filter(|id| {
+                self.backend_refs.get(id).copied().unwrap_or(0) == 0
+                    && !self.retired_backends.contains_key(id)
+            })
+            .copied()
+            .collect();
+        for id in unreferenced {
+            self.retired_backends.insert(id, now);
+        }
+        stats.pending_deletes = self.retired_slots.len() + self.retired_backends.len();
+        Ok(stats)
+    }
+
+    /// The id of a backend, writing it if new and taking it back from retirement.
+    fn backend_id(
+        &mut self,
+        maps: &mut impl LbMaps,
+        backend: &Backend,
+        stats: &mut SyncStats,
+    ) -> Result<u32, MapsError> {
+        if let Some(id) = self.backend_ids.get(backend) {
+            self.retired_backends.remove(id);
+            return Ok(*id);
+        }
+        let backends = &self.backends;
+        let id = next_free(&mut self.next_backend_id, |id| backends.contains_key(&id));
+        maps.backend_update(id, backend)?;
+        stats.updates += 1;
+        self.backends.insert(id, *backend);
+        self.backend_ids.insert(*backend, id);
+        Ok(id)
+    }
+
+    fn write_frontend(
+        &mut self,
+        maps: &mut impl LbMaps,
+        fe: &ServiceKey,
+        master: ServiceValue,
+        ids: &[u32],
+        now: Instant,
+        stats: &mut SyncStats,
+    ) -> Result<(), MapsError> {
+        let old = self.frontends.get(fe).cloned();
+        let old_slots = old.as_ref().map(|w| w.slots.clone()).unwrap_or_default();
+        for (i, id) in ids.iter().enumerate() {
+            #[expect(clippy::cast_possible_truncation, reason = "capped at MAX_SLOTS")]
+            let key = slot_key(fe, i as u16 + 1);
+            if old_slots.get(i) != Some(id) || self.retired_slots.contains_key(&key) {
+                maps.service_update(
+                    &key,
+                    &ServiceValue {
+                        target: *id,
+                        count: 0,
+                        flags: 0,
+                        service_id: master.service_id,
+                    },
+                )?;
+                stats.updates += 1;
+                self.retired_slots.remove(&key);
+            }
+        }
+        if old.as_ref().map(|w| w.master) != Some(master) {
+            maps.service_update(fe, &master)?;
+            stats.updates += 1;
+        }
+        for i in ids.len()..old_slots.len() {
+            #[expect(clippy::cast_possible_truncation, reason = "slots are u16")]
+            self.retired_slots.insert(slot_key(fe, i as u16 + 1), now);
+        }
+        for id in ids {
+            *self.backend_refs.entry(*id).or_default() += 1;
+        }
+        self.release_refs(&old_slots);
+        self.frontends.insert(
+            *fe,
+            Written {
+                master,
+                slots: ids.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_frontend(
+        &mut self,
+        maps: &mut impl LbMaps,
+        fe: &ServiceKey,
+        now: Instant,
+        stats: &mut SyncStats,
+    ) -> Result<(), MapsError> {
+        let Some(old) = self.frontends.get(fe).cloned() else {
+            return Ok(());
+        };
+        maps.service_delete(fe)?;
+        stats.deletes += 1;
+        self.frontends.remove(fe);
+        self.recovered_ids.remove(fe);
+        for i in 0..old.slots.len() {
+            #[expect(clippy::cast_possible_truncation, reason = "slots are u16")]
+            self.retired_slots.insert(slot_key(fe, i as u16 + 1), now);
+        }
+        self.release_refs(&old.slots);
+        Ok(())
+    }
+
+    fn release_refs(&mut self, ids: &[u32]) {
+        for id in ids {
+            if let Some(n) = self.backend_refs.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.backend_refs.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Deletes retired elements whose grace period is over: slots first, then backends.
+    fn sweep(
+        &mut self,
+        maps: &mut impl LbMaps,
+        now: Instant,
+        stats: &mut SyncStats,
+    ) -> Result<(), MapsError> {
+        let due = |t: &Instant| now.saturating_duration_since(*t) >= GRACE;
+        let slots: Vec<ServiceKey> = self
+            .retired_slots
+            .iter()
+            .filter(|(_, t)| due(t))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in slots {
+            maps.service_delete(&key)?;
+            stats.deletes += 1;
+            self.retired_slots.remove(&key);
+        }
+        let backends: Vec<u32> = self
+            .retired_backends
+            .iter()
+            .filter(|(_, t)| due(t))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in backends {
+            maps.backend_delete(id)?;
+            stats.deletes += 1;
+            self.retired_backends.remove(&id);
+            if let Some(b) = self.backends.remove(&id) {
+                self.backend_ids.remove(&b);
+            }
+        }
+        Ok(())
+    }
+}

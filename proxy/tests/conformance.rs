@@ -30,7 +30,7 @@ fn masquerade_checks(expect_pod_source: Source) -> Vec<Check> {
 
 fn conformance(mode: Mode) {
     assert_root();
-    let mut world = World::new(
+    let world = World::new(
         &format!("conf-{}", mode.flag()),
         Path::new(env!("CARGO_BIN_EXE_kproxy")),
         mode,

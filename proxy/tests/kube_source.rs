@@ -645,7 +645,11 @@ async fn an_api_server_outage_keeps_the_state_and_is_logged_once() {
             l.level == Level::INFO && l.message.contains("answers lists and watches again")
         })
     };
-    wait_for(|| recovered(&logs.lock().unwrap()), "the recovery log").await;
+    wait_for(
+        || recovered(&logs.lock().unwrap()),
+        &format!("the recovery log: {:#?}", logs.lock().unwrap()),
+    )
+    .await;
 
     let logs = logs.lock().unwrap().clone();
     let ours = |level| {

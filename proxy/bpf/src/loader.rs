@@ -143,7 +143,7 @@ pub(crate) fn load_and_attach(bpffs: &Path, cgroup: &Path) -> Result<Loaded, Err
             .load()
             .map_err(|source| Error::Program { name, source })?;
         let link_id = program
-            .attach(&cgroup_file, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup_file, CgroupAttachMode::Single)
             .map_err(|source| Error::Program { name, source })?;
         let link = program
             .take_link(link_id)

@@ -321,7 +321,7 @@ fn key<K: ResourceExt>(object: &K) -> ObjectKey {
 /// Drops what the proxy never reads before caching: managed fields and kubectl's copy of
 /// the object are often larger than the object itself.
 fn strip<K: ResourceExt>(object: &mut K) {
-    object.managed_fields_mut().clear();
+    object.meta_mut().managed_fields = None;
     object.annotations_mut().remove(LAST_APPLIED);
 }
 

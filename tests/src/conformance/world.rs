@@ -44,7 +44,9 @@ pub struct World {
     externals: Vec<External>,
     /// Echo servers and kproxy agents; killed on drop.
     processes: Vec<Process>,
-    agents: Vec<(usize, Process)>,
+    /// Running agents by node index; behind a lock so agents can restart while other
+    /// threads send requests.
+    agents: std::sync::Mutex<Vec<(usize, Process)>>,
     manifests: PathBuf,
     kproxy: PathBuf,
     mode: Mode,
@@ -88,7 +90,7 @@ impl World {
             pods,
             externals,
             processes,
-            agents: Vec::new(),
+            agents: std::sync::Mutex::default(),
             manifests,
             kproxy: kproxy.to_owned(),
             mode,
@@ -118,7 +120,7 @@ impl World {
     }
 
     /// Starts kproxy on both nodes with `extra` flags and waits until each reports healthy.
-    pub fn start_agents(&mut self, extra: &[&str]) -> Result<()> {
+    pub fn start_agents(&self, extra: &[&str]) -> Result<()> {
         for i in 0..self.nodes.len() {
             self.start_agent(i, extra)?;
         }
@@ -126,12 +128,31 @@ impl World {
     }
 
     /// Stops every agent (SIGKILL: the datapath stays, as after a crash).
-    pub fn kill_agents(&mut self) {
-        self.agents.clear();
+    pub fn kill_agents(&self) {
+        self.agents.lock().expect("agents").clear();
+    }
+
+    /// Kills node `i`'s agent with SIGKILL, as a crash or an OOM kill would.
+    pub fn kill_agent(&self, i: usize) {
+        self.agents.lock().expect("agents").retain(|(n, _)| *n != i);
+    }
+
+    /// Sends SIGTERM to node `i`'s agent and waits for it to exit.
+    pub fn stop_agent(&self, i: usize) -> Result<std::process::ExitStatus> {
+        let mut agents = self.agents.lock().expect("agents");
+        let pos = agents
+            .iter()
+            .position(|(n, _)| *n == i)
+            .context("no agent on that node")?;
+        let (_, mut process) = agents.remove(pos);
+        drop(agents);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(process.pid())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        Ok(process.child_mut().wait()?)
     }
 
     /// Starts kproxy on node `i`.
-    pub fn start_agent(&mut self, i: usize, extra: &[&str]) -> Result<()> {
+    pub fn start_agent(&self, i: usize, extra: &[&str]) -> Result<()> {
         let node = &self.nodes[i];
         let health = SocketAddr::new(node.ipv4().into(), 10256);
         let log = fs::File::create(self.log_dir.join(format!("kproxy-{}.log", node.name())))?;
@@ -161,7 +182,7 @@ impl World {
         .stderr(log);
         let child = cmd.spawn().context("starting kproxy")?;
         let process = Process::from_child(child, format!("kproxy on {}", node.name()));
-        self.agents.push((i, process));
+        self.agents.lock().expect("agents").push((i, process));
         self.wait_healthy(i)
     }
 
@@ -250,7 +271,7 @@ impl World {
 
     /// Tears down: agents first, then the lab (which checks itself for leaks).
     pub fn close(mut self) -> Result<()> {
-        self.agents.clear();
+        self.agents.lock().expect("agents").clear();
         self.processes.clear();
         let id = self.lab.id().to_owned();
         let _ = fs::remove_dir_all(&self.log_dir);

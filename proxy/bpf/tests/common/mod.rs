@@ -349,7 +349,7 @@ impl HeldConnection {
                 drop(ans_read);
                 let mut out = File::from(ans_write);
                 let mut commands = BufReader::new(File::from(cmd_read));
-                let run = || -> Result<(), String> {
+                let mut run = || -> Result<(), String> {
                     enter(host)?;
                     let mut s =
                         TcpStream::connect_timeout(&to, REQUEST).map_err(|e| e.to_string())?;

@@ -7,9 +7,10 @@ use std::{
     fmt::Debug,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU32, Ordering},
     },
+    thread::ThreadId,
     time::Duration,
 };
 
@@ -102,6 +103,7 @@ impl Drop for TempDir {
 
 /// A source reading `fake` through a kubeconfig file.
 async fn start_source(fake: &FakeApiServer, proxy_name: Option<&str>) -> KubeSource {
+    captured_logs();
     let dir = TempDir::new();
     let config = KubeSourceConfig {
         kubeconfig: Some(fake.write_kubeconfig(&dir.0)),
@@ -225,6 +227,10 @@ async fn wait_for_watches(fake: &FakeApiServer, n: usize) {
     }
 }
 
+fn watch_requests(fake: &FakeApiServer) -> usize {
+    fake.requests().iter().filter(|r| r.is_watch()).count()
+}
+
 fn list_requests(fake: &FakeApiServer, kind: Kind) -> usize {
     fake.requests()
         .iter()
@@ -303,6 +309,7 @@ async fn requests_carry_kube_proxys_selectors() {
         node_name: NODE.into(),
         proxy_name: None,
     };
+    captured_logs();
     let mut source = KubeSource::start(config).await.unwrap();
     wait_until(&mut source, "the initial lists", |_| {}, baseline).await;
     wait_for_watches(&fake, 3).await;
@@ -425,6 +432,7 @@ async fn dropped_watches_never_empty_the_state() {
     let fake = populated_fake();
     let mut source = synced(&fake).await;
     let lists_before = list_requests(&fake, Kind::Service);
+    let watches_before = watch_requests(&fake);
 
     for round in 0..4 {
         wait_for_watches(&fake, 3).await;
@@ -445,6 +453,8 @@ async fn dropped_watches_never_empty_the_state() {
     }
     // The watches resumed from their resourceVersion: no relist was needed.
     assert_eq!(list_requests(&fake, Kind::Service), lists_before);
+    // ... and each drop did cut all three.
+    assert!(watch_requests(&fake) >= watches_before + 4 * 3);
 }
 
 #[tokio::test]
@@ -570,6 +580,7 @@ async fn objects_for_other_proxies_and_headless_ones_are_left_out() {
 /// One log event.
 #[derive(Debug, Clone)]
 struct Logged {
+    thread: ThreadId,
     level: Level,
     target: String,
     message: String,
@@ -591,6 +602,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         let mut message = Message(String::new());
         event.record(&mut message);
         self.0.lock().unwrap().push(Logged {
+            thread: std::thread::current().id(),
             level: *event.metadata().level(),
             target: event.metadata().target().to_owned(),
             message: message.0,
@@ -598,15 +610,37 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
     }
 }
 
+/// kproxy's log events, from every test; each test tells its own by thread, since a
+/// `#[tokio::test]` runs the source's tasks on the test's thread. One global subscriber,
+/// installed before any test starts a source: thread-local subscribers in parallel tests
+/// race with tracing's per-callsite interest cache and lose events.
+fn captured_logs() -> Arc<Mutex<Vec<Logged>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<Logged>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry()
+            .with(Targets::new().with_target("kproxy", Level::DEBUG))
+            .with(Capture(logs.clone()));
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+        logs
+    })
+    .clone()
+}
+
+/// This test's log events so far.
+fn my_logs(logs: &Mutex<Vec<Logged>>) -> Vec<Logged> {
+    let me = std::thread::current().id();
+    logs.lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.thread == me)
+        .cloned()
+        .collect()
+}
+
 #[tokio::test]
 async fn an_api_server_outage_keeps_the_state_and_is_logged_once() {
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let subscriber = tracing_subscriber::registry()
-        .with(Targets::new().with_target("kproxy", Level::DEBUG))
-        .with(Capture(logs.clone()));
-    // The source's tasks take the subscriber current when it starts.
-    let _guard = tracing::subscriber::set_default(subscriber);
-
+    let logs = captured_logs();
     let fake = populated_fake();
     let mut source = synced(&fake).await;
     let before = source.snapshot().expect("synced");
@@ -645,13 +679,9 @@ async fn an_api_server_outage_keeps_the_state_and_is_logged_once() {
             l.level == Level::INFO && l.message.contains("answers lists and watches again")
         })
     };
-    wait_for(
-        || recovered(&logs.lock().unwrap()),
-        &format!("the recovery log: {:#?}", logs.lock().unwrap()),
-    )
-    .await;
+    wait_for(|| recovered(&my_logs(&logs)), "the recovery log").await;
 
-    let logs = logs.lock().unwrap().clone();
+    let logs = my_logs(&logs);
     let ours = |level| {
         logs.iter()
             .filter(move |l| l.level == level && l.target.starts_with("kproxy"))

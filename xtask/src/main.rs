@@ -41,6 +41,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The demo: a two-node netns cluster running kproxy, and who answers what.
+    Demo {
+        /// Proxy modes to show, in turn (nftables, ebpf).
+        #[arg(default_values_t = vec!["nftables".to_owned()])]
+        modes: Vec<String>,
+    },
     /// Every check and test in the repo: fmt, clippy, unit and privileged integration tests.
     Test {
         /// Extra arguments passed to the test binaries (after `--`), e.g. a name filter.
@@ -70,6 +76,17 @@ fn main() -> Result<()> {
                 .join(if release { "release" } else { "debug" })
                 .join("kproxy");
             run(std::process::Command::new(bin).args(args))
+        }
+        Command::Demo { modes } => {
+            setup::setup()?;
+            if !is_root() {
+                bail!("the demo builds network namespaces and programs the kernel: run it as root");
+            }
+            build(false)?;
+            let bin = root.join("target/debug");
+            run(std::process::Command::new(bin.join("kproxy-demo"))
+                .arg(bin.join("kproxy"))
+                .args(modes))
         }
         Command::Test { args } => {
             setup::setup()?;

@@ -11,9 +11,9 @@
 //! # Restart
 //!
 //! A new agent loads the programs against the pinned maps (so they share state with the
-//! running ones), then, per hook: attaches its program next to the old one
-//! (`BPF_F_ALLOW_MULTI`), swaps the pin to the new link, and closes the old link, which
-//! detaches it. Both programs see the same maps and an already-translated address is no
+//! running ones), then, per hook: attaches its program next to the old one (cgroup links
+//! always coexist: the kernel attaches them in multi mode), swaps the pin to the new link,
+//! and closes the old link, which detaches it. Both programs see the same maps and an already-translated address is no
 //! Service frontend, so during the swap each socket is translated exactly once, and at no
 //! point is a hook empty.
 

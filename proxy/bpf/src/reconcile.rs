@@ -732,3 +732,468 @@ impl Reconciler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use kproxy_common::FLAG_NODE_PORT;
+    use kproxy_model::{
+        Endpoint, EndpointSet, ExternalTraffic, Frontend, InternalMasquerade, Protocol,
+        ServicePortName,
+    };
+
+    use super::*;
+    use crate::maps::fake::{Event, FakeMaps};
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(100, 64, 1, last))
+    }
+
+    fn endpoint(last: u8) -> Endpoint {
+        Endpoint {
+            ip: ip(last),
+            port: 8080,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            zone: None,
+            is_local: last < 10,
+        }
+    }
+
+    fn port(name: &str, vip: u8, eps: &[u8]) -> ServicePort {
+        let vip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, vip));
+        let endpoints: Vec<Endpoint> = eps.iter().map(|e| endpoint(*e)).collect();
+        let internal = if endpoints.is_empty() {
+            Verdict::Reject
+        } else {
+            Verdict::Forward(EndpointSet(
+                (0..u32::try_from(endpoints.len()).unwrap()).collect(),
+            ))
+        };
+        ServicePort {
+            key: ServicePortKey {
+                family: IpFamily::V4,
+                name: ServicePortName {
+                    namespace: "ns".into(),
+                    name: name.into(),
+                    port_name: String::new(),
+                    protocol: Protocol::Tcp,
+                },
+            },
+            cluster_ip: vip,
+            port: 80,
+            node_port: None,
+            frontends: vec![Frontend {
+                kind: FrontendKind::ClusterIp,
+                ip: vip,
+                port: 80,
+            }],
+            source_ranges: Vec::new(),
+            affinity_timeout_secs: None,
+            external_policy_local: false,
+            internal_policy_local: false,
+            health_check_node_port: None,
+            endpoints,
+            internal,
+            internal_masquerade: InternalMasquerade::HairpinOnly,
+            external: None,
+            local_ready_endpoints: 0,
+        }
+    }
+
+    fn model(ports: impl IntoIterator<Item = ServicePort>) -> ProxyModel {
+        ProxyModel {
+            ports: ports.into_iter().map(|p| (p.key.clone(), p)).collect(),
+        }
+    }
+
+    fn masters(maps: &FakeMaps) -> Vec<(ServiceKey, ServiceValue)> {
+        maps.services
+            .iter()
+            .filter(|(k, _)| k.slot == 0)
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// Every frontend entry resolves: slots 1..=count exist and name existing backends.
+    fn assert_resolvable(maps: &FakeMaps, key: &ServiceKey, value: &ServiceValue, when: &str) {
+        for slot in 1..=value.count {
+            let s = maps.services.get(&slot_key(key, slot));
+            let s = s.unwrap_or_else(|| panic!("{when}: slot {slot} of {key:?} missing"));
+            assert!(
+                maps.backends.contains_key(&s.target),
+                "{when}: backend {} missing",
+                s.target
+            );
+        }
+    }
+
+    /// Replays a sync's events from the map state before it: every frontend entry a reader
+    /// could have read at any point must still resolve at every later point of the sync.
+    fn assert_no_reader_misses(before: &FakeMaps, after: &FakeMaps) {
+        let mut replay = before.clone();
+        let mut seen: Vec<(ServiceKey, ServiceValue)> = masters(&replay);
+        for (i, event) in after.events[before.events.len()..].iter().enumerate() {
+            match event {
+                Event::ServiceUpdate(k, v) => {
+                    replay.services.insert(*k, *v);
+                }
+                Event::ServiceDelete(k) => {
+                    replay.services.remove(k);
+                }
+                Event::BackendUpdate(id) => {
+                    replay.backends.insert(*id, after.backends[id]);
+                }
+                Event::BackendDelete(id) => {
+                    replay.backends.remove(id);
+                }
+            }
+            seen.extend(masters(&replay));
+            for (k, v) in &seen {
+                assert_resolvable(&replay, k, v, &format!("after event {i} {event:?}"));
+            }
+        }
+    }
+
+    fn start() -> (FakeMaps, Reconciler, Instant) {
+        let maps = FakeMaps::default();
+        let now = Instant::now();
+        let r = Reconciler::recover(&maps, now).unwrap();
+        (maps, r, now)
+    }
+
+    #[test]
+    fn full_sync_writes_backends_then_slots_then_the_frontend() {
+        let (mut maps, mut r, now) = start();
+        let stats = r
+            .sync_full(&mut maps, &model([port("a", 1, &[1, 2, 3])]), now)
+            .unwrap();
+        assert_eq!(stats.frontends, 1);
+        assert_eq!(stats.updates, 3 + 3 + 1);
+        let kinds: Vec<u8> = maps
+            .events
+            .iter()
+            .map(|e| match e {
+                Event::BackendUpdate(_) => 0,
+                Event::ServiceUpdate(k, _) if k.slot > 0 => 1,
+                Event::ServiceUpdate(..) => 2,
+                _ => 9,
+            })
+            .collect();
+        assert_eq!(kinds, [0, 0, 0, 1, 1, 1, 2]);
+        let [(key, master)] = masters(&maps)[..] else {
+            panic!("one frontend")
+        };
+        assert_eq!(master.count, 3);
+        assert_eq!(master.flags, FLAG_CLUSTER_IP);
+        assert_eq!(key.port, 80u16.to_be());
+        assert_eq!(
+            key.addr,
+            addr_of(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)))
+        );
+        assert_resolvable(&maps, &key, &master, "end");
+        let first = maps.services[&slot_key(&key, 1)].target;
+        assert_eq!(maps.backends[&first].addr, addr_of(ip(1)));
+        assert_eq!(maps.backends[&first].port, 8080u16.to_be());
+
+        let before = maps.ops;
+        let again = r
+            .sync_full(&mut maps, &model([port("a", 1, &[1, 2, 3])]), now)
+            .unwrap();
+        assert_eq!((again.updates, again.deletes), (0, 0));
+        assert_eq!(
+            maps.ops, before,
+            "an unchanged model costs no map operation"
+        );
+    }
+
+    #[test]
+    fn partial_sync_touches_only_the_changed_service() {
+        let (mut maps, mut r, now) = start();
+        let ports: Vec<ServicePort> = (1..=50)
+            .map(|i| port(&format!("s{i}"), i, &[i, i + 100]))
+            .collect();
+        r.sync_full(&mut maps, &model(ports.clone()), now).unwrap();
+        let mut changed = ports.clone();
+        changed[9] = port("s10", 10, &[10, 110, 200]);
+        let diff = ModelDiff {
+            updated: vec![changed[9].key.clone()],
+            ..ModelDiff::default()
+        };
+        let before = maps.clone();
+        let stats = r
+            .sync_partial(&mut maps, &model(changed), &diff, now)
+            .unwrap();
+        assert_eq!(stats.frontends, 1);
+        // One new backend, one new slot, the frontend's count.
+        assert_eq!(maps.ops.total() - before.ops.total(), 3, "{:?}", maps.ops);
+        let vip = addr_of(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10)));
+        for e in &maps.events[before.events.len()..] {
+            if let Event::ServiceUpdate(k, _) = e {
+                assert_eq!(k.addr, vip, "only s10's entries are written");
+            }
+        }
+        assert_no_reader_misses(&before, &maps);
+    }
+
+    #[test]
+    fn shrinking_and_removal_retire_before_deleting() {
+        let (mut maps, mut r, now) = start();
+        r.sync_full(
+            &mut maps,
+            &model([port("a", 1, &[1, 2, 3]), port("b", 2, &[4])]),
+            now,
+        )
+        .unwrap();
+        let before = maps.clone();
+        let stats = r
+            .sync_full(&mut maps, &model([port("a", 1, &[1])]), now)
+            .unwrap();
+        assert_no_reader_misses(&before, &maps);
+        assert_eq!(stats.deletes, 1, "only b's frontend entry goes at once");
+        assert_eq!(
+            stats.pending_deletes,
+            2 + 1 + 2 + 1,
+            "slots 2,3 of a; slot 1 of b; backends 2,3,4"
+        );
+        let a = masters(&maps)[0];
+        assert_eq!(a.1.count, 1);
+
+        // Still inside the grace period: nothing is deleted yet.
+        let later = r
+            .sync_full(&mut maps, &model([port("a", 1, &[1])]), now + GRACE / 2)
+            .unwrap();
+        assert_eq!(later.deletes, 0);
+        // After it, the next sync deletes slots, then backends.
+        let before = maps.clone();
+        let last = r
+            .sync_full(&mut maps, &model([port("a", 1, &[1])]), now + GRACE)
+            .unwrap();
+        assert_eq!((last.deletes, last.pending_deletes), (6, 0));
+        assert_no_reader_misses(&before, &maps);
+        let deletes: Vec<&Event> = maps.events[before.events.len()..].iter().collect();
+        let first_backend = deletes
+            .iter()
+            .position(|e| matches!(e, Event::BackendDelete(_)))
+            .unwrap();
+        assert!(
+            deletes[first_backend..]
+                .iter()
+                .all(|e| matches!(e, Event::BackendDelete(_)))
+        );
+        assert_eq!(maps.services.len(), 2, "a's frontend and its one slot");
+        assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn a_retired_backend_wanted_again_is_reused() {
+        let (mut maps, mut r, now) = start();
+        r.sync_full(&mut maps, &model([port("a", 1, &[1, 2])]), now)
+            .unwrap();
+        let ids: BTreeSet<u32> = maps.backends.keys().copied().collect();
+        r.sync_full(&mut maps, &model([port("a", 1, &[1])]), now)
+            .unwrap();
+        let stats = r
+            .sync_full(&mut maps, &model([port("a", 1, &[1, 2])]), now + GRACE / 2)
+            .unwrap();
+        assert_eq!(stats.pending_deletes, 0);
+        assert_eq!(
+            maps.backends.keys().copied().collect::<BTreeSet<u32>>(),
+            ids
+        );
+        let stats = r
+            .sync_full(&mut maps, &model([port("a", 1, &[1, 2])]), now + GRACE * 2)
+            .unwrap();
+        assert_eq!((stats.updates, stats.deletes), (0, 0));
+    }
+
+    #[test]
+    fn ids_survive_a_restart() {
+        let (mut maps, mut r, now) = start();
+        let mut a = port("a", 1, &[1, 2]);
+        a.affinity_timeout_secs = Some(30);
+        let m = model([a.clone(), port("b", 2, &[2, 3])]);
+        r.sync_full(&mut maps, &m, now).unwrap();
+        let snapshot = (
+            maps.services.clone(),
+            maps.backends.clone(),
+            maps.matches.clone(),
+        );
+        assert_eq!(
+            maps.matches.len(),
+            2,
+            "a's two backends are affinity matches"
+        );
+
+        // A new agent over the same maps.
+        let mut r2 = Reconciler::recover(&maps, now).unwrap();
+        let before = maps.ops;
+        let stats = r2.sync_full(&mut maps, &m, now).unwrap();
+        assert_eq!((stats.updates, stats.deletes), (0, 0));
+        assert_eq!(maps.ops, before);
+        assert_eq!(
+            (
+                maps.services.clone(),
+                maps.backends.clone(),
+                maps.matches.clone()
+            ),
+            snapshot
+        );
+
+        // New ids never collide with recovered ones.
+        let m3 = model([a, port("b", 2, &[2, 3]), port("c", 3, &[4])]);
+        r2.sync_full(&mut maps, &m3, now).unwrap();
+        let ids: BTreeSet<u32> = masters(&maps).iter().map(|(_, v)| v.service_id).collect();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(maps.backends.len(), 4);
+    }
+
+    #[test]
+    fn restart_removes_what_the_model_lost_while_down() {
+        let (mut maps, mut r, now) = start();
+        r.sync_full(
+            &mut maps,
+            &model([port("a", 1, &[1]), port("b", 2, &[2])]),
+            now,
+        )
+        .unwrap();
+        let mut r2 = Reconciler::recover(&maps, now).unwrap();
+        // A partial sync before any full one is a full one.
+        let diff = ModelDiff::default();
+        let stats = r2
+            .sync_partial(&mut maps, &model([port("a", 1, &[1])]), &diff, now)
+            .unwrap();
+        assert_eq!(stats.deletes, 1);
+        r2.sync_full(&mut maps, &model([port("a", 1, &[1])]), now + GRACE)
+            .unwrap();
+        assert_eq!(maps.services.len(), 2);
+        assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn verdicts_become_flags() {
+        let (mut maps, mut r, now) = start();
+        let mut dropping = port("d", 2, &[20]);
+        dropping.internal = Verdict::Drop;
+        r.sync_full(&mut maps, &model([port("r", 1, &[]), dropping]), now)
+            .unwrap();
+        let flags: Vec<(u16, u16)> = masters(&maps)
+            .iter()
+            .map(|(_, v)| (v.flags, v.count))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (FLAG_CLUSTER_IP | FLAG_REJECT, 0),
+                (FLAG_CLUSTER_IP | FLAG_DROP, 0)
+            ]
+        );
+        assert!(maps.backends.is_empty());
+    }
+
+    #[test]
+    fn local_policy_adds_node_and_pod_scopes_only_when_they_differ() {
+        let (mut maps, mut r, now) = start();
+        let mut p = port("np", 1, &[1, 20]);
+        let node = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        p.frontends.push(Frontend {
+            kind: FrontendKind::NodePort,
+            ip: node,
+            port: 30080,
+        });
+        p.external = Some(ExternalTraffic {
+            verdict: Verdict::Forward(EndpointSet(vec![0])),
+            masquerade: false,
+            pod_sources_use_cluster: vec!["100.64.0.0/16".parse().unwrap()],
+            node_sources_use_cluster: true,
+            cluster_verdict: p.internal.clone(),
+        });
+        r.sync_full(&mut maps, &model([p.clone()]), now).unwrap();
+        let np: Vec<(u8, u16, u16)> = masters(&maps)
+            .iter()
+            .filter(|(k, _)| k.port == 30080u16.to_be())
+            .map(|(k, v)| (k.scope, v.count, v.flags))
+            .collect();
+        assert_eq!(
+            np,
+            [
+                (SCOPE_ALL, 1, FLAG_NODE_PORT),
+                (SCOPE_NODE, 2, FLAG_NODE_PORT),
+                (SCOPE_POD, 2, FLAG_NODE_PORT)
+            ]
+        );
+        let ids: BTreeSet<u32> = masters(&maps).iter().map(|(_, v)| v.service_id).collect();
+        assert_eq!(
+            ids.len(),
+            3,
+            "internal, external and external-cluster sets get their own ids"
+        );
+
+        // eTP Cluster: one entry per frontend.
+        if let Some(ext) = p.external.as_mut() {
+            ext.verdict = ext.cluster_verdict.clone();
+        }
+        r.sync_full(&mut maps, &model([p]), now).unwrap();
+        assert_eq!(masters(&maps).len(), 2);
+    }
+
+    #[test]
+    fn a_released_frontend_goes_to_the_next_claimant() {
+        let (mut maps, mut r, now) = start();
+        // Two services with the same ClusterIP and port (bad input): the first one wins.
+        let first = port("a", 1, &[1]);
+        let second = port("b", 1, &[2]);
+        r.sync_full(&mut maps, &model([first, second.clone()]), now)
+            .unwrap();
+        let target = |maps: &FakeMaps| maps.services[&slot_key(&masters(maps)[0].0, 1)].target;
+        assert_eq!(maps.backends[&target(&maps)].addr, addr_of(ip(1)));
+        let diff = ModelDiff {
+            removed: vec![port("a", 1, &[1]).key],
+            ..ModelDiff::default()
+        };
+        r.sync_partial(&mut maps, &model([second]), &diff, now)
+            .unwrap();
+        assert_eq!(masters(&maps).len(), 1);
+        assert_eq!(maps.backends[&target(&maps)].addr, addr_of(ip(2)));
+    }
+
+    #[test]
+    fn a_failed_sync_is_redone_in_full_and_converges() {
+        let (mut maps, mut r, now) = start();
+        let m1 = model((1..=5).map(|i| port(&format!("s{i}"), i, &[i])));
+        r.sync_full(&mut maps, &m1, now).unwrap();
+        let m2 = model((1..=5).map(|i| port(&format!("s{i}"), i, &[i, i + 10, i + 20])));
+        let diff = ModelDiff {
+            updated: m2.ports.keys().cloned().collect(),
+            ..ModelDiff::default()
+        };
+        maps.fail_after = Some(4);
+        assert!(r.sync_partial(&mut maps, &m2, &diff, now).is_err());
+        maps.fail_after = None;
+        r.sync_partial(&mut maps, &m2, &ModelDiff::default(), now)
+            .unwrap();
+
+        let (mut clean, mut rc, _) = start();
+        rc.sync_full(&mut clean, &m2, now).unwrap();
+        let shape = |m: &FakeMaps| {
+            m.services
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.addr,
+                        k.slot,
+                        v.count,
+                        m.backends.get(&v.target).map(|b| b.addr),
+                    )
+                })
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(shape(&maps), shape(&clean));
+        for (k, v) in masters(&maps) {
+            assert_resolvable(&maps, &k, &v, "after recovery");
+        }
+    }
+}

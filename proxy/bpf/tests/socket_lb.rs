@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::{
-    ECHO_PORT, EchoLab, HeldConnection, REQUEST, assert_root, cluster_ip, endpoint, model, names,
+    EchoLab, HeldConnection, REQUEST, assert_root, cluster_ip, endpoint, model, names,
     start_pong_server, view_from, with_node_port_local,
 };
 use kproxy_bpf::{BpfConfig, BpfDataplane};
@@ -117,4 +117,272 @@ impl<H: Host> HostRef for H {
     fn udp(&self, to: SocketAddr) -> Result<kproxy_tests::lab::client::EchoReply, ClientError> {
         udp_request(self, to, REQUEST)
     }
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn reject_refuses_and_drop_times_out() {
+    assert_root();
+    let lab = EchoLab::new("bpf-verdicts");
+    let mut dp = dataplane(&lab.a);
+    let reject_tcp = cluster_ip("empty", Protocol::Tcp, vip(20), 80, Vec::new());
+    let reject_udp = cluster_ip("empty", Protocol::Udp, vip(20), 53, Vec::new());
+    // internalTrafficPolicy Local with no endpoint on this node: the model says drop.
+    let mut drop_tcp = cluster_ip(
+        "remote-only",
+        Protocol::Tcp,
+        vip(21),
+        80,
+        vec![endpoint(IpAddr::V4(lab.b1.ipv4()), false)],
+    );
+    drop_tcp.internal_policy_local = true;
+    drop_tcp.internal = Verdict::Drop;
+    dp.sync_full(&model([reject_tcp, reject_udp, drop_tcp]))
+        .expect("sync");
+
+    for (who, host) in [("node", &lab.a as &dyn HostRef), ("pod", &lab.client)] {
+        let r = host.tcp(SocketAddr::new(vip(20), 80));
+        assert!(
+            matches!(r, Err(ClientError::Refused)),
+            "TCP reject from the {who}: {r:?}"
+        );
+        let r = host.udp(SocketAddr::new(vip(20), 53));
+        assert!(
+            matches!(r, Err(ClientError::Refused)),
+            "UDP reject from the {who}: {r:?}"
+        );
+        let r = host.tcp(SocketAddr::new(vip(21), 80));
+        assert!(
+            matches!(r, Err(ClientError::Timeout)),
+            "TCP drop from the {who}: {r:?}"
+        );
+    }
+    let counters = dp.counters().expect("counters");
+    assert_eq!(counters[counter::REJECTED as usize], 4, "{counters:?}");
+    assert_eq!(counters[counter::DROPPED as usize], 2, "{counters:?}");
+    drop(dp);
+    BpfDataplane::cleanup(lab.a.bpffs_path()).expect("cleanup");
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn node_port_from_node_and_pod_uses_the_cluster_set_under_local_policy() {
+    assert_root();
+    let lab = EchoLab::new("bpf-nodeport");
+    let mut dp = dataplane(&lab.a);
+    let node_ip = IpAddr::V4(lab.a.ipv4());
+    // eTP Local: outside clients would only get node a's endpoints (a1); node and pod
+    // clients short-circuit to the whole cluster set.
+    let eps = lab.endpoints();
+    let local = Verdict::Forward(EndpointSet(vec![0]));
+    let svc = with_node_port_local(
+        cluster_ip("np", Protocol::Tcp, vip(30), 80, eps),
+        node_ip,
+        30080,
+        local,
+    );
+    dp.sync_full(&model([svc])).expect("sync");
+
+    let expected: std::collections::BTreeSet<String> =
+        ["a1", "a2", "b1"].iter().map(ToString::to_string).collect();
+    let to = SocketAddr::new(node_ip, 30080);
+    for (who, host) in [("node", &lab.a as &dyn HostRef), ("pod", &lab.client)] {
+        let r: Vec<_> = (0..TRIES).map(|_| host.tcp(to)).collect();
+        assert!(
+            r.iter().all(Result::is_ok),
+            "NodePort from the {who}: {r:?}"
+        );
+        assert_eq!(
+            names(&r),
+            expected,
+            "NodePort from the {who} uses the cluster-wide set"
+        );
+    }
+    // Without the short-circuit, node clients get the external (local) set only.
+    let eps = lab.endpoints();
+    let local = Verdict::Forward(EndpointSet(vec![0]));
+    let mut svc = with_node_port_local(
+        cluster_ip("np", Protocol::Tcp, vip(30), 80, eps),
+        node_ip,
+        30080,
+        local,
+    );
+    if let Some(ext) = svc.external.as_mut() {
+        ext.node_sources_use_cluster = false;
+    }
+    dp.sync_full(&model([svc])).expect("sync");
+    let r: Vec<_> = (0..TRIES / 2).map(|_| lab.a.tcp(to)).collect();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    assert_eq!(
+        names(&r),
+        ["a1".to_owned()].into(),
+        "node clients follow the external verdict"
+    );
+    drop(dp);
+    BpfDataplane::cleanup(lab.a.bpffs_path()).expect("cleanup");
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn session_affinity_sticks_per_client() {
+    assert_root();
+    let lab = EchoLab::new("bpf-affinity");
+    let mut dp = dataplane(&lab.a);
+    let mut svc = cluster_ip("sticky", Protocol::Tcp, vip(40), 80, lab.endpoints());
+    svc.affinity_timeout_secs = Some(600);
+    dp.sync_full(&model([svc.clone()])).expect("sync");
+    let to = SocketAddr::new(vip(40), 80);
+    for (who, host) in [("node", &lab.a as &dyn HostRef), ("pod", &lab.client)] {
+        let r: Vec<_> = (0..TRIES / 2).map(|_| host.tcp(to)).collect();
+        assert!(r.iter().all(Result::is_ok), "{who}: {r:?}");
+        assert_eq!(
+            names(&r).len(),
+            1,
+            "the {who} sticks to one endpoint: {r:?}"
+        );
+    }
+    let hits = dp.counters().expect("counters")[counter::AFFINITY_HIT as usize];
+    assert_eq!(
+        hits,
+        2 * (TRIES as u64 / 2 - 1),
+        "every request but each client's first"
+    );
+
+    // The endpoint a client sticks to goes away: it moves on, and sticks again.
+    let stuck = lab.client.tcp(to).expect("request").name;
+    let remaining: Vec<_> = lab
+        .endpoints()
+        .into_iter()
+        .zip(["a1", "a2", "b1"])
+        .filter(|(_, n)| *n != stuck)
+        .map(|(e, _)| e)
+        .collect();
+    let mut svc2 = cluster_ip("sticky", Protocol::Tcp, vip(40), 80, remaining);
+    svc2.affinity_timeout_secs = Some(600);
+    let diff = kproxy_model::ModelDiff {
+        updated: vec![svc2.key.clone()],
+        ..Default::default()
+    };
+    dp.sync_partial(&model([svc2]), &diff)
+        .expect("partial sync");
+    let r: Vec<_> = (0..TRIES / 4).map(|_| lab.client.tcp(to)).collect();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    let after = names(&r);
+    assert_eq!(after.len(), 1, "sticks again: {r:?}");
+    assert!(
+        !after.contains(&stuck),
+        "never the removed endpoint {stuck}: {r:?}"
+    );
+    drop(dp);
+    BpfDataplane::cleanup(lab.a.bpffs_path()).expect("cleanup");
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn restart_keeps_connections_and_service_then_cleanup_removes_everything() {
+    assert_root();
+    let lab = EchoLab::new("bpf-restart");
+    start_pong_server(&lab.b1, 9000);
+    let web = cluster_ip("web", Protocol::Tcp, vip(50), 80, lab.endpoints());
+    let mut pong = cluster_ip(
+        "pong",
+        Protocol::Tcp,
+        vip(51),
+        9000,
+        vec![endpoint(IpAddr::V4(lab.b1.ipv4()), false)],
+    );
+    pong.endpoints[0].port = 9000;
+    let m = model([web, pong]);
+    let mut dp = dataplane(&lab.a);
+    dp.sync_full(&m).expect("sync");
+
+    let (mut held, first) = HeldConnection::open(&lab.client, SocketAddr::new(vip(51), 9000));
+    assert_eq!(
+        first,
+        format!("connected {}", SocketAddr::new(vip(51), 9000)),
+        "getpeername shows the VIP"
+    );
+    assert_eq!(held.ping(), "pong 1");
+
+    // Clients keep connecting while agents come and go.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let client = lab.client.clone();
+        std::thread::spawn(move || {
+            let mut results = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || results.len() < 10 {
+                results.push(tcp_request(&client, SocketAddr::new(vip(50), 80), REQUEST));
+            }
+            results
+        })
+    };
+    for round in 0..3 {
+        drop(dp);
+        dp = dataplane(&lab.a);
+        let stats = dp.sync_full(&m).expect("sync after restart");
+        assert_eq!(
+            stats.updates, 0,
+            "round {round}: a restarted agent finds every entry in place"
+        );
+        assert_eq!(stats.deletes, 0, "round {round}");
+        assert_eq!(
+            held.ping(),
+            format!("pong {}", round + 2),
+            "round {round}: the connection survives"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results = traffic.join().expect("traffic thread");
+    assert!(
+        results.iter().all(Result::is_ok),
+        "every request during restarts succeeded: {results:?}"
+    );
+    assert_eq!(
+        dp.counters().expect("counters")[counter::LOOKUP_MISS as usize],
+        0
+    );
+
+    // Cleanup: pins gone, programs detached and unloaded, VIPs no longer translated.
+    let link_dir = lab.a.bpffs_path().join("kproxy/links");
+    let program_ids: Vec<u32> = std::fs::read_dir(&link_dir)
+        .expect("links pinned")
+        .map(|e| {
+            let link = aya::programs::links::PinnedLink::from_pin(e.expect("entry").path())
+                .expect("pinned link");
+            aya::programs::links::FdLink::from(link)
+                .info()
+                .expect("link info")
+                .program_id()
+        })
+        .collect();
+    assert_eq!(program_ids.len(), kproxy_common::SOCK_PROGRAMS.len());
+    drop(held);
+    drop(dp);
+    BpfDataplane::cleanup(lab.a.bpffs_path()).expect("cleanup");
+    assert!(!lab.a.bpffs_path().join("kproxy").exists(), "no pins left");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let loaded: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .collect();
+        let left: Vec<_> = program_ids
+            .iter()
+            .filter(|id| loaded.contains(id))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs {left:?} still loaded after cleanup"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = lab.client.tcp(SocketAddr::new(vip(50), 80));
+    assert!(
+        r.is_err(),
+        "after cleanup the ClusterIP is not translated any more: {r:?}"
+    );
 }

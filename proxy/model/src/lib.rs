@@ -20,11 +20,6 @@
 //! and [`validate_node`].
 
 #![warn(missing_docs)]
-#![expect(
-    clippy::doc_markdown,
-    reason = "Kubernetes kinds and field values (ClusterIP, NodePort, EndpointSlice, \
-              externalIPs) are prose in these docs, not code"
-)]
 
 mod build;
 mod diff;

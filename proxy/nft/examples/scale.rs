@@ -46,7 +46,11 @@ fn service(i: u32) -> ServicePort {
         cluster_ip,
         port: 80,
         node_port: None,
-        frontends: vec![Frontend { kind: FrontendKind::ClusterIp, ip: cluster_ip, port: 80 }],
+        frontends: vec![Frontend {
+            kind: FrontendKind::ClusterIp,
+            ip: cluster_ip,
+            port: 80,
+        }],
         source_ranges: vec![],
         affinity_timeout_secs: None,
         external_policy_local: false,
@@ -78,27 +82,41 @@ fn max_rss_mib() -> u64 {
 fn main() {
     // SAFETY: unshare has no memory-safety preconditions; this process is single-threaded.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        eprintln!("unshare(CLONE_NEWNET) failed (needs root): {}", std::io::Error::last_os_error());
+        eprintln!(
+            "unshare(CLONE_NEWNET) failed (needs root): {}",
+            std::io::Error::last_os_error()
+        );
         std::process::exit(1);
     }
     let sizes: Vec<u32> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("sizes are numbers"))
         .collect();
-    let sizes = if sizes.is_empty() { vec![1_000, 10_000, 100_000] } else { sizes };
-    let mut dp = NftDataplane::new(NftConfig { ipv6: false, ..NftConfig::default() })
-        .expect("nf_tables socket");
+    let sizes = if sizes.is_empty() {
+        vec![1_000, 10_000, 100_000]
+    } else {
+        sizes
+    };
+    let mut dp = NftDataplane::new(NftConfig {
+        ipv6: false,
+        ..NftConfig::default()
+    })
+    .expect("nf_tables socket");
     let mut last = ProxyModel::default();
     for &n in &sizes {
         // Start from an empty table each time, so every size is "from scratch".
         NftDataplane::cleanup().expect("cleanup");
         let t = Instant::now();
-        let model = ProxyModel { ports: (0..n).map(service).map(|p| (p.key.clone(), p)).collect() };
+        let model = ProxyModel {
+            ports: (0..n).map(service).map(|p| (p.key.clone(), p)).collect(),
+        };
         let build = t.elapsed();
         let stats = dp.sync_full(&model).expect("full sync");
         println!(
-            "full sync {n:>6} services x {ENDPOINTS} endpoints: {:>8.1} ms  ({} ops, {} rules, {} elements; model build {:.1} ms)",
+            "full sync {n:>6} services x {ENDPOINTS} endpoints: {:>8.1} ms (render {:.1} ms, encode+kernel {:.1} ms; {} ops, {} rules, {} elements; model build {:.1} ms)",
             stats.elapsed.as_secs_f64() * 1e3,
+            (stats.elapsed - stats.commit).as_secs_f64() * 1e3,
+            stats.commit.as_secs_f64() * 1e3,
             stats.ops,
             stats.rules,
             stats.elements,
@@ -114,10 +132,18 @@ fn main() {
     );
     for round in 0..5u8 {
         let mut next = last.clone();
-        let key = next.ports.keys().nth(usize::try_from(n / 2).expect("small")).expect("a port").clone();
+        let key = next
+            .ports
+            .keys()
+            .nth(usize::try_from(n / 2).expect("small"))
+            .expect("a port")
+            .clone();
         next.ports.get_mut(&key).expect("port").endpoints[3] =
             endpoint(IpAddr::V4(Ipv4Addr::new(10, 250, 0, round + 1)));
-        let diff = ModelDiff { updated: vec![key], ..ModelDiff::default() };
+        let diff = ModelDiff {
+            updated: vec![key],
+            ..ModelDiff::default()
+        };
         let stats = dp.sync_partial(&next, &diff).expect("partial sync");
         println!(
             "one endpoint change at {n} services: {:>8.3} ms  ({} ops, {} elements)",
@@ -130,7 +156,10 @@ fn main() {
     let mut next = last.clone();
     let added = service(n);
     next.ports.insert(added.key.clone(), added.clone());
-    let diff = ModelDiff { added: vec![added.key], ..ModelDiff::default() };
+    let diff = ModelDiff {
+        added: vec![added.key],
+        ..ModelDiff::default()
+    };
     let stats = dp.sync_partial(&next, &diff).expect("partial sync");
     println!(
         "one service added at {n} services: {:>8.3} ms  ({} ops, {} elements)",

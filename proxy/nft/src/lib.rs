@@ -94,6 +94,8 @@ pub struct SyncStats {
     pub classes: usize,
     /// Wall time to render, encode and commit.
     pub elapsed: std::time::Duration,
+    /// Part of `elapsed` spent encoding and in the kernel (the rest is rendering).
+    pub commit: std::time::Duration,
 }
 
 /// The nftables dataplane: owns kproxy's tables and keeps them equal to the model.
@@ -175,7 +177,9 @@ impl NftDataplane {
     }
 
     fn commit(&mut self, tx: &Transaction, full: bool, start: Instant) -> Result<SyncStats, Error> {
+        let commit = Instant::now();
         self.backend.apply(tx)?;
+        let commit = commit.elapsed();
         self.in_sync = true;
         let stats = SyncStats {
             full,
@@ -184,6 +188,7 @@ impl NftDataplane {
             elements: tx.element_count(),
             classes: self.families.iter().map(FamilyState::class_count).sum(),
             elapsed: start.elapsed(),
+            commit,
         };
         tracing::debug!(?stats, "nftables sync");
         Ok(stats)

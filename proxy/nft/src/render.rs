@@ -5,7 +5,7 @@
 //! shared class chains its frontends use (by [`ClassSpec`], created on first use), and,
 //! for ClientIP affinity only, chains and dynamic sets of its own.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{fmt::Write as _, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 use kproxy_model::{
@@ -134,7 +134,7 @@ fn cidr_list(cidrs: &[IpNet]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum SetRef {
     Fixed(FixedSet),
-    Class(ClassSpec),
+    Class(Arc<ClassSpec>),
 }
 
 /// A chain a service port owns (affinity only), with its rules.
@@ -213,7 +213,8 @@ pub(crate) fn render_port(
                         data: None,
                         comment: Some(comment.clone()),
                     };
-                    out.elements.push((SetRef::Class(plan.spec.clone()), el));
+                    out.elements
+                        .push((SetRef::Class(Arc::new(plan.spec.clone())), el));
                     endpoint_elements(key, plan.primary.as_deref(), 0, &mut out);
                     endpoint_elements(key, plan.cluster.as_deref(), SHORTCUT_LIST_OFFSET, &mut out);
                 }

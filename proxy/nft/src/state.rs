@@ -7,7 +7,10 @@
 //! Frontends claimed by two ports (invalid input, e.g. the same externalIP:port on two
 //! Services) belong to the smallest port key; the others are skipped with a warning.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{Arc, LazyLock},
+};
 
 use kproxy_model::{IpFamily, ModelDiff, ProxyModel, ServicePort, ServicePortKey};
 
@@ -66,8 +69,8 @@ struct Phases {
     new_chains: Vec<Chain>,
     flushes: Vec<Name>,
     rules: Vec<(Name, Rule)>,
-    deletes: BTreeMap<Name, Vec<Element>>,
-    adds: BTreeMap<Name, Vec<Element>>,
+    deletes: HashMap<Name, Vec<Element>>,
+    adds: HashMap<Name, Vec<Element>>,
     services_dirty: bool,
     del_chains: Vec<Name>,
     del_sets: Vec<Name>,
@@ -106,6 +109,22 @@ impl Phases {
         tx.ops
             .extend(self.del_sets.into_iter().map(|s| Op::DeleteSet(fam, s)));
     }
+}
+
+/// Fixed set names, allocated once: element bookkeeping clones them per element.
+static FIXED_NAMES: LazyLock<Vec<(FixedSet, Name)>> = LazyLock::new(|| {
+    FixedSet::ALL
+        .iter()
+        .map(|s| (*s, Name::from(s.name())))
+        .collect()
+});
+
+fn fixed_name(s: FixedSet) -> Name {
+    FIXED_NAMES
+        .iter()
+        .find(|(f, _)| *f == s)
+        .map(|(_, n)| n.clone())
+        .expect("every fixed set is listed")
 }
 
 fn own_chain(name: &Name) -> Chain {
@@ -319,6 +338,17 @@ impl FamilyState {
     /// Turns the change from `old` to `new` into element and chain ops, updating
     /// reference counts; shared objects change only on 0 ↔ 1 transitions.
     fn account(&mut self, old: &PortRender, new: &PortRender, ph: &mut Phases) {
+        if old.elements.is_empty() || new.elements.is_empty() {
+            // All adds or all deletes: no need to compare.
+            for item in &old.elements {
+                self.element_change(item, false, ph);
+            }
+            for item in &new.elements {
+                self.element_change(item, true, ph);
+            }
+            self.own_objects(old, new, ph);
+            return;
+        }
         let old_set: HashSet<&(SetRef, Element)> = old.elements.iter().collect();
         let new_set: HashSet<&(SetRef, Element)> = new.elements.iter().collect();
         for item in &old.elements {
@@ -351,7 +381,7 @@ impl FamilyState {
                 if !emit {
                     return;
                 }
-                s.name().into()
+                fixed_name(*s)
             }
             SetRef::Fixed(s) => {
                 if *s == FixedSet::Endpoints {
@@ -361,7 +391,7 @@ impl FamilyState {
                         self.endpoints -= 1;
                     }
                 }
-                s.name().into()
+                fixed_name(*s)
             }
             SetRef::Class(spec) => self.class_user(spec, add, ph),
         };

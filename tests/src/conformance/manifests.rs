@@ -95,6 +95,10 @@ const HTTP: (&str, u16, &str, Option<u16>) = ("http", 80, "TCP", None);
 const DNS: (&str, u16, &str, Option<u16>) = ("dns", 53, "UDP", None);
 
 /// Every Service, slice and Node of the table, as one manifest file.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the table is data: a few lines per Service"
+)]
 pub fn cases_manifests(w: &World) -> String {
     let np = |port| ("http", 80, "TCP", Some(port));
     let mut out = String::new();
@@ -240,6 +244,10 @@ fn row(name: &'static str, from: Client, to: Target, proto: Proto, expect: Expec
 }
 
 /// The checks, with kproxy started with `--cluster-cidr` covering every pod.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the table is data: one row per check"
+)]
 pub fn checks() -> Vec<Check> {
     use Client::{EndpointA1, NodeA, PodA, PodB, X1, X2};
     use Expect::{Dropped, Endpoints, Refused, Sticky};

@@ -190,7 +190,7 @@ impl World {
     pub fn wait_healthy(&self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
         let health = SocketAddr::new(node.ipv4().into(), 10256);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             let status = node.run(move || http_status(health, "/healthz"))?;
             if status == Some(200) {

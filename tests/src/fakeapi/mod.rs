@@ -34,6 +34,8 @@
 mod http;
 mod selector;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::BTreeMap,

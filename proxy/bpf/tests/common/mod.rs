@@ -22,11 +22,11 @@ use nix::{
 };
 
 /// TCP and UDP port every echo pod listens on.
-pub const ECHO_PORT: u16 = 8080;
+pub(crate) const ECHO_PORT: u16 = 8080;
 /// Bound on every single request.
-pub const REQUEST: Duration = Duration::from_secs(3);
+pub(crate) const REQUEST: Duration = Duration::from_secs(3);
 
-pub fn assert_root() {
+pub(crate) fn assert_root() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "this test loads BPF programs and builds network namespaces: run it as root (cargo xtask test)"
@@ -35,19 +35,19 @@ pub fn assert_root() {
 
 /// A lab with node `a` (pods `a1`, `a2` serving echo, and `ac`, a client) and node `b`
 /// (pod `b1` serving echo).
-pub struct EchoLab {
-    pub lab: Lab,
-    pub a: Node,
-    pub b: Node,
-    pub a1: Pod,
-    pub a2: Pod,
-    pub b1: Pod,
-    pub client: Pod,
+pub(crate) struct EchoLab {
+    /// Keeps the lab alive; dropping it tears everything down.
+    _lab: Lab,
+    pub(crate) a: Node,
+    pub(crate) a1: Pod,
+    pub(crate) a2: Pod,
+    pub(crate) b1: Pod,
+    pub(crate) client: Pod,
     _echo: Vec<Process>,
 }
 
 impl EchoLab {
-    pub fn new(hint: &str) -> Self {
+    pub(crate) fn new(hint: &str) -> Self {
         let lab = Lab::new(hint).expect("lab");
         let a = lab.add_node("a").expect("node a");
         let b = lab.add_node("b").expect("node b");
@@ -60,9 +60,8 @@ impl EchoLab {
             .map(|p| p.start_echo(&[ECHO_PORT], &[ECHO_PORT]).expect("echo"))
             .collect();
         EchoLab {
-            lab,
+            _lab: lab,
             a,
-            b,
             a1,
             a2,
             b1,
@@ -71,7 +70,7 @@ impl EchoLab {
         }
     }
 
-    pub fn endpoints(&self) -> Vec<Endpoint> {
+    pub(crate) fn endpoints(&self) -> Vec<Endpoint> {
         [(&self.a1, true), (&self.a2, true), (&self.b1, false)]
             .iter()
             .map(|(p, local)| endpoint(IpAddr::V4(p.ipv4()), *local))
@@ -79,7 +78,7 @@ impl EchoLab {
     }
 }
 
-pub fn endpoint(ip: IpAddr, is_local: bool) -> Endpoint {
+pub(crate) fn endpoint(ip: IpAddr, is_local: bool) -> Endpoint {
     Endpoint {
         ip,
         port: ECHO_PORT,
@@ -92,7 +91,7 @@ pub fn endpoint(ip: IpAddr, is_local: bool) -> Endpoint {
     }
 }
 
-pub fn key(name: &str, protocol: Protocol) -> ServicePortKey {
+pub(crate) fn key(name: &str, protocol: Protocol) -> ServicePortKey {
     ServicePortKey {
         family: IpFamily::V4,
         name: ServicePortName {
@@ -104,7 +103,7 @@ pub fn key(name: &str, protocol: Protocol) -> ServicePortKey {
     }
 }
 
-pub fn all(endpoints: &[Endpoint]) -> Verdict {
+pub(crate) fn all(endpoints: &[Endpoint]) -> Verdict {
     if endpoints.is_empty() {
         return Verdict::Reject;
     }
@@ -114,7 +113,7 @@ pub fn all(endpoints: &[Endpoint]) -> Verdict {
 }
 
 /// A ClusterIP service port forwarding to `endpoints` (or rejecting when there are none).
-pub fn cluster_ip(
+pub(crate) fn cluster_ip(
     name: &str,
     protocol: Protocol,
     vip: IpAddr,
@@ -147,7 +146,7 @@ pub fn cluster_ip(
 
 /// Adds a NodePort frontend on `node_ip` with eTP Local semantics: external traffic
 /// only to local endpoints (`local_verdict`), node and pod clients to the cluster set.
-pub fn with_node_port_local(
+pub(crate) fn with_node_port_local(
     mut port: ServicePort,
     node_ip: IpAddr,
     node_port: u16,
@@ -170,7 +169,7 @@ pub fn with_node_port_local(
     port
 }
 
-pub fn model(ports: impl IntoIterator<Item = ServicePort>) -> ProxyModel {
+pub(crate) fn model(ports: impl IntoIterator<Item = ServicePort>) -> ProxyModel {
     let mut m = ProxyModel::default();
     for p in ports {
         m.ports.insert(p.key.clone(), p);
@@ -179,7 +178,7 @@ pub fn model(ports: impl IntoIterator<Item = ServicePort>) -> ProxyModel {
 }
 
 /// Names of the echo servers reached by `tries` requests.
-pub fn names(
+pub(crate) fn names(
     results: &[Result<
         kproxy_tests::lab::client::EchoReply,
         kproxy_tests::lab::client::ClientError,
@@ -194,14 +193,14 @@ pub fn names(
 
 /// What a socket in a lab host saw of a service, from the socket's own point of view.
 #[derive(Debug)]
-pub struct SocketView {
+pub(crate) struct SocketView {
     /// Echo server name and the sender address `recvfrom` reported, on an unconnected
     /// UDP socket.
-    pub udp_from: Result<(String, SocketAddr), String>,
+    pub(crate) udp_from: Result<(String, SocketAddr), String>,
     /// `getpeername` of a connected UDP socket.
-    pub udp_peer: Result<SocketAddr, String>,
+    pub(crate) udp_peer: Result<SocketAddr, String>,
     /// Echo server name and `getpeername` of a TCP connection.
-    pub tcp: Result<(String, SocketAddr), String>,
+    pub(crate) tcp: Result<(String, SocketAddr), String>,
 }
 
 fn enter(host: &impl Host) -> Result<(), String> {
@@ -295,7 +294,7 @@ fn in_child(host: &impl Host, f: impl FnOnce(&mut File)) -> String {
 }
 
 /// Looks at service `to` through sockets of a process in `host`.
-pub fn view_from(host: &impl Host, to: SocketAddr) -> SocketView {
+pub(crate) fn view_from(host: &impl Host, to: SocketAddr) -> SocketView {
     let text = in_child(host, |out| {
         let v = socket_view(to);
         let enc = |r: Result<String, String>| match r {
@@ -332,14 +331,14 @@ pub fn view_from(host: &impl Host, to: SocketAddr) -> SocketView {
 /// A TCP connection held open by a child process in `host`: it connects, reports, and
 /// then answers "ping" commands by sending a line over the connection and reading the
 /// peer's reply, until its stdin pipe closes.
-pub struct HeldConnection {
-    pub pid: nix::unistd::Pid,
+pub(crate) struct HeldConnection {
+    pub(crate) pid: nix::unistd::Pid,
     commands: File,
     answers: BufReader<File>,
 }
 
 impl HeldConnection {
-    pub fn open(host: &impl Host, to: SocketAddr) -> (Self, String) {
+    pub(crate) fn open(host: &impl Host, to: SocketAddr) -> (Self, String) {
         let (cmd_read, cmd_write) = pipe().expect("pipe");
         let (ans_read, ans_write) = pipe().expect("pipe");
         // SAFETY: as in `in_child`.
@@ -364,12 +363,19 @@ impl HeldConnection {
                     while commands.read_line(&mut line).map_err(|e| e.to_string())? > 0 {
                         line.clear();
                         s.write_all(b"ping\n").map_err(|e| e.to_string())?;
-                        let mut reply = [0; 64];
-                        let n = s.read(&mut reply).map_err(|e| e.to_string())?;
+                        let mut reply = Vec::new();
+                        let mut chunk = [0; 64];
+                        while !reply.contains(&b'\n') {
+                            let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+                            if n == 0 {
+                                return Err("connection closed".to_owned());
+                            }
+                            reply.extend_from_slice(&chunk[..n]);
+                        }
                         let _ = writeln!(
                             out.try_clone().map_err(|e| e.to_string())?,
                             "{}",
-                            String::from_utf8_lossy(&reply[..n]).trim()
+                            String::from_utf8_lossy(&reply).trim()
                         );
                     }
                     Ok(())
@@ -403,7 +409,7 @@ impl HeldConnection {
     }
 
     /// Sends a line over the held connection and returns what came back.
-    pub fn ping(&mut self) -> String {
+    pub(crate) fn ping(&mut self) -> String {
         writeln!(self.commands, "ping").expect("command the child");
         self.answer()
     }
@@ -418,7 +424,7 @@ impl Drop for HeldConnection {
 
 /// A TCP server in `pod` (on a thread in its namespace) that serves one connection,
 /// answering each line with "pong <n>", and ends with it.
-pub fn start_pong_server(pod: &Pod, port: u16) {
+pub(crate) fn start_pong_server(pod: &Pod, port: u16) {
     let (tx, rx) = std::sync::mpsc::channel();
     let pod = pod.clone();
     std::thread::spawn(move || {
@@ -435,7 +441,7 @@ pub fn start_pong_server(pod: &Pod, port: u16) {
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
                 n += 1;
                 line.clear();
-                if writeln!(stream, "pong {n}").is_err() {
+                if stream.write_all(format!("pong {n}\n").as_bytes()).is_err() {
                     break;
                 }
             }

@@ -4,17 +4,37 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use kproxy_model::ModelConfig;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     backends,
-    cli::{CleanupArgs, RunArgs},
+    cli::{CleanupArgs, Explicit, RunArgs},
+    config,
     dataplane::Dataplane,
     health::Health,
+    healthcheck::ServiceHealthServers,
+    metrics::{Metrics, SyncObserver},
     servers,
-    source::{Source, manifests::ManifestsSource},
+    source::{
+        Source,
+        kube::{KubeSource, KubeSourceConfig},
+        manifests::ManifestsSource,
+    },
     sync::{SyncConfig, SyncLoop},
 };
+
+/// Applies `--config` (if given) under the flags given on the command line, logging one
+/// warning per ignored field.
+pub fn resolve(mut args: RunArgs, explicit: &Explicit) -> Result<RunArgs> {
+    if let Some(path) = args.config.clone() {
+        let file = config::load(&path)?;
+        for w in &file.warnings {
+            warn!(config = %path.display(), "{w}");
+        }
+        config::apply(&mut args, file, explicit);
+    }
+    Ok(args)
+}
 
 /// This node's name: `--hostname-override`, else the hostname (lower-cased, as kube-proxy).
 pub fn node_name(args: &RunArgs) -> String {
@@ -33,7 +53,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let listener = servers::bind(args.healthz_bind_address)
         .await
         .with_context(|| format!("binding the health server to {}", args.healthz_bind_address))?;
-    let health_task = tokio::spawn(servers::serve_health(listener, health.clone()));
+    let metrics = Metrics::new();
+    let health_task = tokio::spawn(servers::serve_health(
+        listener,
+        health.clone(),
+        metrics.clone(),
+    ));
+    // As kube-proxy without bindAddressHardFail: a metrics port in use is not fatal.
+    let metrics_task = match servers::bind(args.metrics_bind_address).await {
+        Ok(l) => Some(tokio::spawn(servers::serve_metrics(
+            l,
+            metrics.clone(),
+            args.proxy_mode,
+        ))),
+        Err(e) => {
+            warn!(addr = %args.metrics_bind_address, error = %e, "cannot bind the metrics server; running without it");
+            None
+        }
+    };
+    let observer = SyncObserver::new(metrics).with_service_health(ServiceHealthServers::new(
+        health.clone(),
+        args.nodeport_addresses.clone(),
+    ));
 
     let dataplane = backends::open(&args)?;
     let config = SyncConfig {
@@ -51,13 +92,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let result = if let Some(dir) = &args.manifests {
         let source = ManifestsSource::new(dir.clone(), node)?;
-        run_loop(source, dataplane, config, health).await
+        run_loop(source, dataplane, config, health, observer).await
     } else {
-        // TEMP(lead): kube source wiring lands with source::kube.
-        let _ = node;
-        anyhow::bail!("kube source not wired yet")
+        let source = KubeSource::start(KubeSourceConfig {
+            kubeconfig: args.kubeconfig.clone(),
+            master: args.master.clone(),
+            node_name: node,
+            proxy_name: None,
+        })
+        .await?;
+        run_loop(source, dataplane, config, health, observer).await
     };
     health_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     result
 }
 
@@ -66,8 +115,12 @@ async fn run_loop<S: Source>(
     dataplane: Box<dyn Dataplane>,
     config: SyncConfig,
     health: Health,
+    observer: SyncObserver,
 ) -> Result<()> {
+    // The loop owns the observer and with it the healthCheckNodePort servers: they close
+    // when the loop returns.
     SyncLoop::new(source, dataplane, config, health)
+        .with_observer(observer)
         .run(shutdown_signal())
         .await?;
     info!("shutting down; the datapath stays programmed (kproxy cleanup removes it)");

@@ -2,13 +2,15 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
+use kproxy_bpf::{BpfConfig, BpfDataplane};
 use kproxy_model::{Endpoint, ModelDiff, ProxyModel, ServicePortKey};
 use kproxy_nft::{NftConfig, NftDataplane, StaleFlow};
 
 use crate::{
     cli::{CleanupArgs, RunArgs},
     dataplane::{Applied, Dataplane, DataplaneError, ProxyMode},
+    mounts,
 };
 
 /// Opens the dataplane `--proxy-mode` names.
@@ -19,7 +21,17 @@ pub fn open(args: &RunArgs) -> Result<Box<dyn Dataplane>> {
                 .context("opening the nftables dataplane")?;
             Ok(Box::new(Nft(dp)))
         }
-        ProxyMode::Ebpf => bail!("the ebpf dataplane is not available in this build yet"),
+        ProxyMode::Ebpf => {
+            let config = BpfConfig {
+                cgroup_path: match &args.cgroup_path {
+                    Some(p) => p.clone(),
+                    None => mounts::cgroup2_root()?,
+                },
+                bpffs: mounts::ensure_bpffs(&args.bpffs)?,
+            };
+            let dp = BpfDataplane::new(&config).context("loading the eBPF dataplane")?;
+            Ok(Box::new(Bpf(dp)))
+        }
     }
 }
 
@@ -29,7 +41,8 @@ pub fn cleanup(args: &CleanupArgs) -> Result<()> {
         ProxyMode::Nftables => {
             NftDataplane::cleanup().context("deleting the kproxy nftables tables")
         }
-        ProxyMode::Ebpf => bail!("the ebpf dataplane is not available in this build yet"),
+        ProxyMode::Ebpf => BpfDataplane::cleanup(&args.bpffs)
+            .context("removing kproxy's eBPF pins (which detaches its programs)"),
     }
 }
 
@@ -82,5 +95,43 @@ impl Dataplane for Nft {
             })
             .collect();
         kproxy_nft::delete_udp_conntrack(&flows).map_err(nft_err("conntrack cleanup"))
+    }
+}
+
+/// The eBPF backend, adapted to the trait.
+struct Bpf(BpfDataplane);
+
+fn bpf_err(operation: &'static str) -> impl FnOnce(kproxy_bpf::Error) -> DataplaneError {
+    move |e| DataplaneError {
+        mode: ProxyMode::Ebpf,
+        operation,
+        source: Box::new(e),
+    }
+}
+
+impl Dataplane for Bpf {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Ebpf
+    }
+
+    fn sync_full(&mut self, model: &ProxyModel) -> Result<Applied, DataplaneError> {
+        let stats = self.0.sync_full(model).map_err(bpf_err("full sync"))?;
+        Ok(Applied {
+            kernel_ops: stats.updates + stats.deletes,
+        })
+    }
+
+    fn sync_partial(
+        &mut self,
+        model: &ProxyModel,
+        diff: &ModelDiff,
+    ) -> Result<Applied, DataplaneError> {
+        let stats = self
+            .0
+            .sync_partial(model, diff)
+            .map_err(bpf_err("partial sync"))?;
+        Ok(Applied {
+            kernel_ops: stats.updates + stats.deletes,
+        })
     }
 }

@@ -9,8 +9,13 @@
 pub mod app;
 pub mod backends;
 pub mod cli;
+pub mod config;
 pub mod dataplane;
+pub mod dump;
 pub mod health;
+pub mod healthcheck;
+pub mod metrics;
+pub mod mounts;
 pub mod servers;
 pub mod source;
 pub mod sync;

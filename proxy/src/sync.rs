@@ -13,13 +13,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use kproxy_model::{ModelConfig, ProxyModel, build, diff};
+use kproxy_model::{Endpoint, Incremental, ModelConfig, ServicePortKey};
 use tokio::time::sleep_until;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
-    health::Health,
+    health::{Health, node_eligible},
+    metrics::SyncObserver,
     source::{Source, SourceError},
 };
 
@@ -60,12 +61,19 @@ pub struct SyncLoop<S, D> {
     dataplane: D,
     config: SyncConfig,
     health: Health,
-    /// The model as last programmed; None forces a full sync.
-    programmed: Option<ProxyModel>,
+    /// The model, updated from each snapshot's changes.
+    model: Incremental,
+    /// False until a sync reached the kernel: the first one is always full.
+    synced_once: bool,
+    /// Endpoints whose UDP flows must be cleared once a sync succeeds (kept across failed
+    /// syncs so none is forgotten).
+    stale: Vec<(ServicePortKey, Endpoint)>,
     /// Set by failures and periodic resyncs.
     need_full: bool,
     /// Warnings already logged, so each problem is logged once, not once per sync.
     logged_warnings: HashSet<String>,
+    /// Metrics and healthCheckNodePort servers, told about every snapshot and sync.
+    observer: SyncObserver,
 }
 
 impl<S: Source, D: Dataplane> SyncLoop<S, D> {
@@ -76,10 +84,20 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
             dataplane,
             config,
             health,
-            programmed: None,
+            model: Incremental::default(),
+            synced_once: false,
+            stale: Vec::new(),
             need_full: true,
             logged_warnings: HashSet::new(),
+            observer: SyncObserver::default(),
         }
+    }
+
+    /// Reports to `observer` (metrics, healthCheckNodePort servers) instead of a private one.
+    #[must_use]
+    pub fn with_observer(mut self, observer: SyncObserver) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The dataplane, for inspection after the loop (tests).
@@ -102,6 +120,7 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
                 () = &mut shutdown => return Ok(self),
                 changed = self.source.changed() => {
                     changed?;
+                    self.observer.queued();
                     if !pending {
                         self.health.queued(SystemTime::now());
                     }
@@ -127,6 +146,7 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
                             }
                         }
                         Err(e) => {
+                            self.observer.failed(self.dataplane.mode());
                             warn!(error = %e, cause = %error_chain(&e), retry_in = ?retry, "sync failed; the previous kernel state stays; retrying with a full sync");
                             self.need_full = true;
                             not_before = Instant::now() + retry;
@@ -142,51 +162,59 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
     pub async fn sync_once(&mut self) -> Result<Outcome, DataplaneError> {
         let span = info_span!("sync", mode = %self.dataplane.mode(), full = tracing::field::Empty);
         async {
-            let Some(state) = self.source.snapshot() else {
+            let Some((state, changes)) = self.source.snapshot_changes() else {
                 debug!("waiting for the source's initial lists");
                 return Ok(Outcome::NotReady);
             };
+            self.health.set_node_eligible(node_eligible(state.node.as_deref()));
+            self.observer.snapshot(&state, &changes);
             let started = Instant::now();
             let mut model_config = self.config.model.clone();
             if self.config.discover_local_addresses {
                 model_config.local_addresses = local_addresses();
             }
-            let built = build(&state, &model_config);
-            self.log_new_warnings(&built.warnings);
-            let full = self.need_full || self.programmed.is_none();
+            let update = self.model.update(&state, &changes, &model_config);
+            // Let the source change its state in place again (it shares it copy-on-write).
+            drop(state);
+            self.log_new_warnings();
+            self.stale.extend(update.diff.stale_udp_endpoints.iter().cloned());
+            let full = self.need_full || !self.synced_once;
             tracing::Span::current().record("full", full);
-            let changes = self.programmed.as_ref().map(|old| diff(old, &built.model));
+            let model = self.model.model();
             let applied = if full {
-                self.dataplane.sync_full(&built.model)?
+                self.dataplane.sync_full(model)?
+            } else if update.diff.is_empty() {
+                debug!("nothing changed");
+                self.observer.synced(None, started.elapsed(), model);
+                self.health.updated(SystemTime::now());
+                return Ok(Outcome::Unchanged);
             } else {
-                let changes = changes
-                    .as_ref()
-                    .expect("partial syncs have a previous model");
-                if changes.is_empty() {
-                    debug!("nothing changed");
-                    self.health.updated(SystemTime::now());
-                    return Ok(Outcome::Unchanged);
-                }
-                self.dataplane.sync_partial(&built.model, changes)?
+                self.dataplane.sync_partial(model, &update.diff)?
             };
             info!(
-                service_ports = built.model.ports.len(),
-                added = changes.as_ref().map_or(built.model.ports.len(), |d| d.added.len()),
-                updated = changes.as_ref().map_or(0, |d| d.updated.len()),
-                removed = changes.as_ref().map_or(0, |d| d.removed.len()),
+                service_ports = model.ports.len(),
+                model_rebuilt = update.full,
+                added = update.diff.added.len(),
+                updated = update.diff.updated.len(),
+                removed = update.diff.removed.len(),
                 kernel_ops = applied.kernel_ops,
                 elapsed = ?started.elapsed(),
                 "synced"
             );
-            if let Some(stale) = changes.as_ref().map(|d| &d.stale_udp_endpoints).filter(|s| !s.is_empty()) {
+            if !self.stale.is_empty() {
                 // The new state is in the kernel; flows still pinned to removed endpoints
                 // would black-hole UDP clients until they time out.
-                match self.dataplane.clear_stale_flows(stale) {
+                let stale = std::mem::take(&mut self.stale);
+                let cleanup_started = Instant::now();
+                let result = self.dataplane.clear_stale_flows(&stale);
+                self.observer.stale_flows_cleared(cleanup_started.elapsed(), result.as_ref().ok().copied());
+                match result {
                     Ok(n) => debug!(stale = stale.len(), flows_deleted = n, "cleared stale UDP flows"),
                     Err(e) => warn!(error = %e, cause = %error_chain(&e), "clearing stale UDP flows failed"),
                 }
             }
-            self.programmed = Some(built.model);
+            self.observer.synced(Some(full), started.elapsed(), self.model.model());
+            self.synced_once = true;
             self.need_full = false;
             self.health.updated(SystemTime::now());
             Ok(Outcome::Synced { full })
@@ -195,8 +223,9 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
         .await
     }
 
-    fn log_new_warnings(&mut self, warnings: &[kproxy_model::ModelWarning]) {
-        let current: HashSet<String> = warnings.iter().map(ToString::to_string).collect();
+    /// Logs each model warning once, when it first appears.
+    fn log_new_warnings(&mut self) {
+        let current: HashSet<String> = self.model.warnings().iter().map(ToString::to_string).collect();
         for w in &current {
             if !self.logged_warnings.contains(w) {
                 warn!("{w}");

@@ -175,10 +175,10 @@ async fn wait_until(
             }
             last = Some(describe(&state));
         }
-        match tokio::time::timeout_at(deadline, source.changed()).await {
-            Ok(changed) => changed.expect("the source keeps running"),
-            Err(_) => panic!("timed out waiting for {what}; last snapshot: {last:?}"),
-        }
+        tokio::time::timeout_at(deadline, source.changed())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}; last snapshot: {last:?}"))
+            .expect("the source keeps running");
     }
 }
 

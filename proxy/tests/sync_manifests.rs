@@ -114,7 +114,9 @@ async fn manifests_edits_converge_and_bad_input_keeps_last_good_state() {
         "the first sync is a full sync"
     );
     assert!(
-        health.check(std::time::SystemTime::now(), true).0,
+        health
+            .check(std::time::SystemTime::now(), kproxy::health::Probe::Healthz)
+            .0,
         "healthy after the first sync"
     );
 

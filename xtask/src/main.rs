@@ -4,6 +4,8 @@
 //! everything is present, so a fresh machine needs nothing but `cargo xtask test` (or
 //! `cargo xtask demo`).
 
+mod bench;
+mod e2e;
 mod setup;
 mod util;
 
@@ -47,6 +49,20 @@ enum Command {
         #[arg(default_values_t = vec!["nftables".to_owned()])]
         modes: Vec<String>,
     },
+    /// Benchmarks in the netns lab: control-plane, datapath or all (results in
+    /// target/bench: CSV, markdown table, SVG plots).
+    Bench(bench::BenchArgs),
+    /// kproxy in a kind cluster without kube-proxy: build the image, deploy deploy/, run
+    /// Service checks with kubectl and curl, delete the cluster. Needs Docker, kind and
+    /// kubectl (not available on the development machines: it says so and exits).
+    E2eKind {
+        /// Proxy mode to deploy (nftables, ebpf).
+        #[arg(long, default_value = "nftables")]
+        mode: String,
+        /// Keep the cluster afterwards, for debugging.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Every check and test in the repo: fmt, clippy, unit and privileged integration tests.
     Test {
         /// Extra arguments passed to the test binaries (after `--`), e.g. a name filter.
@@ -88,6 +104,11 @@ fn main() -> Result<()> {
                 .arg(bin.join("kproxy"))
                 .args(modes))
         }
+        Command::Bench(args) => {
+            setup::setup()?;
+            bench::bench(&root, &args)
+        }
+        Command::E2eKind { mode, keep } => e2e::e2e_kind(&mode, keep),
         Command::Test { args } => {
             setup::setup()?;
             test(&args)

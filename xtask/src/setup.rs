@@ -13,17 +13,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::util::{is_root, output, run};
 
-/// Debian packages: nftables (`nft`, used by tests to read tables back), the libraries the
-/// nftables backend links, iproute2 for the netns lab, conntrack for the conntrack tests,
-/// pkg-config for the `-sys` crates.
-const APT_PACKAGES: &[&str] = &[
-    "nftables",
-    "libnftnl-dev",
-    "libmnl-dev",
-    "iproute2",
-    "pkg-config",
-    "conntrack",
-];
+/// Debian packages: nftables (`nft`: tests read tables back with it, and the benchmarks
+/// load kube-proxy's nftables layout with it), iptables (the benchmarks' kube-proxy
+/// iptables-layout baseline), iproute2 for the netns lab, conntrack for the conntrack
+/// tests. kproxy itself links no nftables library: it speaks nf_tables netlink directly.
+const APT_PACKAGES: &[&str] = &["nftables", "iptables", "iproute2", "conntrack"];
 
 /// bpf-linker release built by setup; 0.13 supports LLVM 20–23 through features.
 const BPF_LINKER_VERSION: &str = "0.13.0";

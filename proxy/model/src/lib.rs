@@ -24,6 +24,7 @@
 mod build;
 mod diff;
 mod endpoints;
+mod incremental;
 mod intern;
 pub mod manifest;
 mod node;
@@ -38,6 +39,7 @@ mod tests;
 
 pub use build::{Built, build};
 pub use diff::diff;
+pub use incremental::{Changes, Incremental, Update};
 pub use types::*;
 pub use validate::{
     MAX_SERVICE_PORTS, MAX_SLICE_ENDPOINTS, MAX_SLICE_PORTS, ValidationError,
@@ -122,7 +124,7 @@ pub enum NodePortAddresses {
 }
 
 /// Configuration and node facts the model needs besides the cluster state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelConfig {
     /// This node's name (`--hostname-override` or the hostname).
     pub node_name: String,

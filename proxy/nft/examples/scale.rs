@@ -115,7 +115,7 @@ fn main() {
         println!(
             "full sync {n:>6} services x {ENDPOINTS} endpoints: {:>8.1} ms (render {:.1} ms, encode+kernel {:.1} ms; {} ops, {} rules, {} elements; model build {:.1} ms)",
             stats.elapsed.as_secs_f64() * 1e3,
-            (stats.elapsed - stats.commit).as_secs_f64() * 1e3,
+            stats.elapsed.saturating_sub(stats.commit).as_secs_f64() * 1e3,
             stats.commit.as_secs_f64() * 1e3,
             stats.ops,
             stats.rules,

@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use kproxy_model::Protocol;
+use kproxy_model::{ModelDiff, Protocol};
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
@@ -28,6 +28,24 @@ pub struct StaleFlow {
     pub protocol: Protocol,
     /// The endpoint: the reply source of the DNAT'ed flows.
     pub endpoint: SocketAddr,
+}
+
+impl StaleFlow {
+    /// The flows `diff` names as stale (its UDP/SCTP endpoints that stopped serving),
+    /// deduplicated.
+    pub fn from_diff(diff: &ModelDiff) -> Vec<Self> {
+        let mut flows: Vec<Self> = diff
+            .stale_udp_endpoints
+            .iter()
+            .map(|(key, ep)| Self {
+                protocol: key.name.protocol,
+                endpoint: SocketAddr::new(ep.ip, ep.port),
+            })
+            .collect();
+        flows.sort_by_key(|f| (f.protocol, f.endpoint));
+        flows.dedup();
+        flows
+    }
 }
 
 /// One conntrack entry, reduced to what matching needs.
@@ -264,6 +282,26 @@ mod tests {
         assert!(!flow("10.1.0.5", 5354, 17, Status::DstNat).is_stale(&stale));
         assert!(!flow("10.1.0.5", 5353, 132, Status::DstNat).is_stale(&stale));
         assert!(!flow("10.1.0.6", 5353, 17, Status::DstNat).is_stale(&stale));
+    }
+
+    #[test]
+    fn stale_flows_come_from_the_diff_once_each() {
+        use crate::tests::{PortBuilder, ep};
+        let key = PortBuilder::new("kube-system", "dns", "dns", Protocol::Udp, "10.96.0.10", 53)
+            .build()
+            .key;
+        let diff = ModelDiff {
+            stale_udp_endpoints: vec![
+                (key.clone(), ep("10.1.0.5", 53)),
+                (key.clone(), ep("10.1.0.5", 53)),
+                (key, ep("10.1.0.6", 53)),
+            ],
+            ..ModelDiff::default()
+        };
+        let flows = StaleFlow::from_diff(&diff);
+        assert_eq!(flows.len(), 2);
+        assert_eq!(flows[0].endpoint, "10.1.0.5:53".parse().unwrap());
+        assert_eq!(flows[0].protocol, Protocol::Udp);
     }
 
     #[test]

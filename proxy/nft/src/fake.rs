@@ -143,10 +143,10 @@ impl FakeTable {
 
     fn add_elements(&mut self, op: &Op, s: &Name, els: &[Element]) -> Result<(), Error> {
         for e in els {
-            if let Some(ElemData::Verdict(Verdict::Goto(c) | Verdict::Jump(c))) = &e.data {
-                if !self.chains.contains_key(c) {
-                    return Err(reject(op, libc::ENOENT, &format!("no such chain {c}")));
-                }
+            if let Some(ElemData::Verdict(Verdict::Goto(c) | Verdict::Jump(c))) = &e.data
+                && !self.chains.contains_key(c)
+            {
+                return Err(reject(op, libc::ENOENT, &format!("no such chain {c}")));
             }
         }
         let (set, have) = self

@@ -57,7 +57,7 @@ pub struct TableDump {
 }
 
 /// Dataplane configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NftConfig {
     /// Program `ip kproxy` (IPv4 service ports). A disabled family's table is left alone.
     pub ipv4: bool,

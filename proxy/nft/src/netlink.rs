@@ -317,28 +317,28 @@ impl NetlinkBackend {
         }
     }
 
-    /// Sends a dump request and calls `f` with every reply message's attributes.
+    /// Sends a dump request and calls `on_msg` with every reply message's attributes.
     fn dump(
         &mut self,
-        t: MsgType,
+        kind: MsgType,
         family: Family,
         attrs_of: &[(u16, &str)],
-        mut f: impl FnMut(&[u8]),
+        mut on_msg: impl FnMut(&[u8]),
     ) -> Result<(), Error> {
         let seq = self.next_seq(1);
-        let mut w = wire::Writer::default();
-        let m = w.begin_msg(
-            t.nlmsg_type(),
+        let mut writer = wire::Writer::default();
+        let start = writer.begin_msg(
+            kind.nlmsg_type(),
             NLM_F_REQUEST | NLM_F_DUMP,
             seq,
             family.nfproto(),
             0,
         );
         for (k, v) in attrs_of {
-            w.attr_str(*k, v);
+            writer.attr_str(*k, v);
         }
-        w.end_msg(m);
-        self.sock.send(&w.buf)?;
+        writer.end_msg(start);
+        self.sock.send(&writer.buf)?;
         loop {
             let n = self
                 .sock
@@ -361,14 +361,14 @@ impl NetlinkBackend {
                         let err = parse_error(&msg)?;
                         if err.errno != 0 {
                             return Err(Error::Rejected {
-                                op: format!("dump {t:?} {}", family.as_str()),
+                                op: format!("dump {kind:?} {}", family.as_str()),
                                 message: err.message,
                                 source: io::Error::from_raw_os_error(err.errno),
                             });
                         }
                     }
                     // 4 bytes of nfgenmsg precede the attributes.
-                    _ => f(msg.payload.get(4..).unwrap_or_default()),
+                    _ => on_msg(msg.payload.get(4..).unwrap_or_default()),
                 }
             }
         }
@@ -435,7 +435,7 @@ impl Backend for NetlinkBackend {
         if tx.is_empty() {
             return Ok(());
         }
-        let mut enc = BatchEncoder::new(self.seq);
+        let mut enc = BatchEncoder::for_tx(self.seq, tx);
         for (i, op) in tx.ops.iter().enumerate() {
             enc.op(i, op);
         }

@@ -45,9 +45,9 @@ pub(crate) struct ClassSpec {
     pub(crate) mark: MarkRule,
     /// eTP Local: sources in these CIDRs use the cluster-wide list (`Some(n)`), or stop
     /// here without DNAT (`None`: the cluster verdict is not a forward).
-    pub(crate) pods: Option<(Vec<IpNet>, Option<u32>)>,
+    pub(crate) pods: Option<(Vec<IpNet>, ClusterList)>,
     /// eTP Local: node-local sources are masqueraded and use the cluster-wide list.
-    pub(crate) node: Option<Option<u32>>,
+    pub(crate) node: Option<ClusterList>,
     /// The frontend's own list size, and whether to masquerade it (eTP Cluster).
     pub(crate) primary: Option<(u32, bool)>,
 }
@@ -93,7 +93,7 @@ impl ClassSpec {
             MarkRule::None => {}
             MarkRule::All => parts.push("masquerade all".to_owned()),
             MarkRule::Outside(c) => {
-                parts.push(format!("masquerade sources outside {}", cidr_list(c)))
+                parts.push(format!("masquerade sources outside {}", cidr_list(c)));
             }
         }
         if let Some((c, n)) = &self.pods {
@@ -118,7 +118,25 @@ impl ClassSpec {
     }
 }
 
-fn list_size(n: Option<u32>) -> String {
+/// The cluster-wide list a short-circuit uses: `n` endpoints, or none (no DNAT: the
+/// filter sets decide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum ClusterList {
+    Endpoints(u32),
+    Nowhere,
+}
+
+impl ClusterList {
+    fn size(self) -> Option<u32> {
+        match self {
+            Self::Endpoints(n) => Some(n),
+            Self::Nowhere => None,
+        }
+    }
+}
+
+fn list_size(n: ClusterList) -> String {
+    let n = n.size();
     n.map_or_else(|| "none".to_owned(), |n| format!("n{n}"))
 }
 
@@ -154,12 +172,30 @@ pub(crate) struct PortRender {
     pub(crate) sets: Vec<Set>,
 }
 
-/// The endpoint list a verdict forwards to, or `None`.
+/// Most endpoints one list can hold: slots of the second list start at
+/// [`SHORTCUT_LIST_OFFSET`].
+const MAX_LIST: usize = SHORTCUT_LIST_OFFSET as usize - 1;
+
+/// The endpoint list a verdict forwards to, or `None`. Indices the port does not have
+/// are skipped and lists are capped at [`MAX_LIST`] (far beyond what EndpointSlices
+/// allow), each with a warning, so one bad port cannot fail a whole transaction.
 fn forward_list<'a>(v: &'a ModelVerdict, port: &'a ServicePort) -> Option<Vec<&'a Endpoint>> {
-    match v {
-        ModelVerdict::Forward(set) if !set.is_empty() => Some(set.iter(port).collect()),
-        _ => None,
+    let ModelVerdict::Forward(set) = v else {
+        return None;
+    };
+    let mut list: Vec<&Endpoint> = set
+        .0
+        .iter()
+        .filter_map(|&i| port.endpoints.get(i as usize))
+        .collect();
+    if list.len() != set.len() {
+        tracing::warn!(service = %port.key, "endpoint indices out of range ignored");
     }
+    if list.len() > MAX_LIST {
+        tracing::warn!(service = %port.key, endpoints = list.len(), kept = MAX_LIST, "too many endpoints; the rest are ignored");
+        list.truncate(MAX_LIST);
+    }
+    (!list.is_empty()).then_some(list)
 }
 
 /// Endpoint count as a numgen modulus. Counts above the slot space cannot happen for
@@ -179,10 +215,14 @@ pub(crate) fn render_port(
     owned: &dyn Fn(FrontendKey) -> bool,
 ) -> PortRender {
     let mut out = PortRender::default();
+    // ClusterIP + per frontend: class, filter and endpoint elements (one list, usually).
+    out.elements
+        .reserve(1 + port.frontends.len() * (2 + port.endpoints.len()));
     let comment = names::comment(&port.key.name);
     let affinity = port.affinity_timeout_secs;
     let mut affinity_lists = AffinityLists::default();
-    for f in &port.frontends {
+    let frontends = unique_frontends(port);
+    for f in &frontends {
         if f.kind == FrontendKind::ClusterIp && fam_of(f.ip) == fam {
             out.elements.push((
                 SetRef::Fixed(FixedSet::ClusterIps),
@@ -190,7 +230,7 @@ pub(crate) fn render_port(
             ));
         }
     }
-    for f in &port.frontends {
+    for f in frontends {
         if fam_of(f.ip) != fam {
             tracing::warn!(service = %port.key, frontend = %f.ip, "frontend of the wrong family ignored");
             continue;
@@ -213,8 +253,7 @@ pub(crate) fn render_port(
                         data: None,
                         comment: Some(comment.clone()),
                     };
-                    out.elements
-                        .push((SetRef::Class(Arc::new(plan.spec.clone())), el));
+                    out.elements.push((SetRef::Class(plan.spec.clone()), el));
                     endpoint_elements(key, plan.primary.as_deref(), 0, &mut out);
                     endpoint_elements(key, plan.cluster.as_deref(), SHORTCUT_LIST_OFFSET, &mut out);
                 }
@@ -226,6 +265,22 @@ pub(crate) fn render_port(
         affinity_lists.render(fam, mark, port, timeout, &mut out);
     }
     out
+}
+
+/// The port's frontends, one per key: a listed twice (e.g. an LB IP also given as an
+/// externalIP) would make the same element twice. The ClusterIP kind wins, then
+/// LoadBalancer (whose source ranges then apply).
+fn unique_frontends(port: &ServicePort) -> Vec<&Frontend> {
+    let rank = |k: &FrontendKind| match k {
+        FrontendKind::ClusterIp => 0,
+        FrontendKind::LoadBalancer => 1,
+        FrontendKind::ExternalIp => 2,
+        FrontendKind::NodePort => 3,
+    };
+    let mut v: Vec<&Frontend> = port.frontends.iter().collect();
+    v.sort_by_key(|f| (frontend_key(port, f), rank(&f.kind)));
+    v.dedup_by_key(|f| frontend_key(port, f));
+    v
 }
 
 fn fam_of(ip: IpAddr) -> Family {
@@ -241,7 +296,7 @@ fn fe_value((ip, proto, port): FrontendKey) -> Value {
 
 /// The model's answer for one frontend, resolved into lists and a class spec.
 struct FrontendPlan<'a> {
-    spec: ClassSpec,
+    spec: Arc<ClassSpec>,
     verdict: &'a ModelVerdict,
     primary: Option<Vec<&'a Endpoint>>,
     /// The cluster-wide list eTP Local short-circuits use (when any applies).
@@ -267,7 +322,7 @@ impl<'a> FrontendPlan<'a> {
                 primary: primary.as_ref().map(|l| (modulus(l), false)),
             };
             return Some(Self {
-                spec,
+                spec: Arc::new(spec),
                 verdict: &port.internal,
                 primary,
                 cluster: None,
@@ -277,7 +332,9 @@ impl<'a> FrontendPlan<'a> {
         let ext = port.external.as_ref()?;
         let primary = forward_list(&ext.verdict, port);
         let cluster_list = forward_list(&ext.cluster_verdict, port);
-        let cluster_n = cluster_list.as_ref().map(|l| modulus(l));
+        let cluster_n = cluster_list
+            .as_ref()
+            .map_or(ClusterList::Nowhere, |l| ClusterList::Endpoints(modulus(l)));
         let pods = (!ext.pod_sources_use_cluster.is_empty())
             .then(|| (ext.pod_sources_use_cluster.clone(), cluster_n));
         let node = ext.node_sources_use_cluster.then_some(cluster_n);
@@ -290,7 +347,7 @@ impl<'a> FrontendPlan<'a> {
         };
         let cluster = if shortcuts { cluster_list } else { None };
         Some(Self {
-            spec,
+            spec: Arc::new(spec),
             verdict: &ext.verdict,
             primary,
             cluster,
@@ -333,7 +390,9 @@ fn render_frontend(
         .filter(|r| fam_of(r.addr()) == fam)
         .copied()
         .collect();
-    if f.kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
+    // Overlapping intervals would be refused by the kernel: merge them first.
+    let ranges = IpNet::aggregate(&ranges);
+    if f.kind == FrontendKind::LoadBalancer && !ranges.is_empty() {
         out.elements
             .push((SetRef::Fixed(FixedSet::FirewallIps), tagged(fe_value(key))));
         for r in ranges {
@@ -350,11 +409,8 @@ fn endpoint_elements(
     offset: u32,
     out: &mut PortRender,
 ) {
-    for (i, ep) in list.unwrap_or_default().iter().enumerate() {
-        let slot = offset
-            + u32::try_from(i)
-                .unwrap_or(u32::MAX)
-                .min(SHORTCUT_LIST_OFFSET - 1);
+    for (i, ep) in (0u32..).zip(list.unwrap_or_default()) {
+        let slot = offset + i;
         let el = Element {
             key: Value::FrontendSlot(key.0, key.1, key.2, slot),
             data: Some(ElemData::Value(Value::AddrPort(ep.ip, ep.port))),
@@ -387,13 +443,13 @@ fn hairpin_elements(fam: Family, port: &ServicePort, out: &mut PortRender) {
 /// The lists an affinity service's chains pick from.
 #[derive(Default)]
 struct AffinityLists<'a> {
-    internal: Option<(MarkRule, Option<Vec<&'a Endpoint>>)>,
-    external: Option<(
-        ClassSpec,
-        Option<Vec<&'a Endpoint>>,
-        Option<Vec<&'a Endpoint>>,
-    )>,
+    internal: Option<(MarkRule, List<'a>)>,
+    /// Spec, primary list, cluster list.
+    external: Option<(ClassSpec, List<'a>, List<'a>)>,
 }
+
+/// An endpoint list, or none.
+type List<'a> = Option<Vec<&'a Endpoint>>;
 
 impl<'a> AffinityLists<'a> {
     fn note(
@@ -409,7 +465,7 @@ impl<'a> AffinityLists<'a> {
         let chain = if plan.external {
             self.external.get_or_insert_with(|| {
                 (
-                    plan.spec.clone(),
+                    (*plan.spec).clone(),
                     plan.primary.clone(),
                     plan.cluster.clone(),
                 )
@@ -738,6 +794,7 @@ fn external_rules(
     primary: Option<&Name>,
 ) -> Vec<Rule> {
     let to = |target: Option<&Name>, n: Option<u32>, offset: u32| -> Vec<Expr> {
+        // `n` is None only for a short-circuit to no endpoint.
         match (target, n) {
             (Some(chain), _) => vec![Expr::Verdict(Verdict::Goto(chain.clone()))],
             (None, Some(n)) => dnat_endpoints(fam, n, offset),
@@ -748,7 +805,7 @@ fn external_rules(
     if let Some((cidrs, n)) = &spec.pods {
         for c in cidrs {
             let mut e = saddr_cidr(fam, c, CmpOp::Eq);
-            e.extend(to(cluster, *n, SHORTCUT_LIST_OFFSET));
+            e.extend(to(cluster, n.size(), SHORTCUT_LIST_OFFSET));
             rules.push(rule(e));
         }
     }
@@ -765,7 +822,7 @@ fn external_rules(
             }, // RTN_LOCAL
         ];
         e.extend(set_mark(mark));
-        e.extend(to(cluster, n, SHORTCUT_LIST_OFFSET));
+        e.extend(to(cluster, n.size(), SHORTCUT_LIST_OFFSET));
         rules.push(rule(e));
     }
     if let Some((n, masq)) = spec.primary {
@@ -783,32 +840,44 @@ pub(crate) fn class_rules(fam: Family, mark: u32, spec: &ClassSpec) -> Vec<Rule>
 
 /// Rules of the fixed chains (base chains, `services` head, reject helper).
 pub(crate) fn fixed_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
-    use layout::{
-        FILTER_FORWARD, FILTER_INPUT, FILTER_OUTPUT, FILTER_OUTPUT_PRE_DNAT,
-        FILTER_PREROUTING_PRE_DNAT, NAT_OUTPUT, NAT_POSTROUTING, NAT_PREROUTING, REJECT_CHAIN,
-        SERVICES,
-    };
-    let lookup = |set: FixedSet, sreg: Reg, invert: bool| Expr::Lookup {
+    let mut rules = filter_rules(fam);
+    rules.extend(nat_rules(fam, mark));
+    rules
+}
+
+/// Set membership of the registers from r32(0).
+fn member(set: FixedSet, invert: bool) -> Expr {
+    Expr::Lookup {
         set: set.name().into(),
-        sreg,
+        sreg: Reg::r32(0),
         dreg: None,
         invert,
-    };
-    let with_frontend = |mut head: Vec<Expr>, tail: Vec<Expr>| {
-        load_frontend(fam, &mut head);
-        head.extend(tail);
-        rule(head)
+    }
+}
+
+/// `head`, the frontend loaded from r32(0), then `tail`.
+fn with_frontend(fam: Family, mut head: Vec<Expr>, tail: Vec<Expr>) -> Rule {
+    load_frontend(fam, &mut head);
+    head.extend(tail);
+    rule(head)
+}
+
+/// Filter chains: source ranges, services without endpoints, invalid ClusterIP ports.
+fn filter_rules(fam: Family) -> Vec<(&'static str, Rule)> {
+    use layout::{
+        FILTER_FORWARD, FILTER_INPUT, FILTER_OUTPUT, FILTER_OUTPUT_PRE_DNAT,
+        FILTER_PREROUTING_PRE_DNAT, REJECT_CHAIN,
     };
     // Firewall: a frontend with source ranges, from a source outside all of them.
     let firewall = {
         let mut e = ct_state_new();
         let next = load_frontend(fam, &mut e);
-        e.push(lookup(FixedSet::FirewallIps, Reg::r32(0), false));
+        e.push(member(FixedSet::FirewallIps, false));
         e.push(Expr::Payload {
             field: Field::Saddr(fam),
             dreg: next,
         });
-        e.push(lookup(FixedSet::FirewallAllow, Reg::r32(0), true));
+        e.push(member(FixedSet::FirewallAllow, true));
         e.push(Expr::Verdict(Verdict::Drop));
         Rule {
             exprs: e,
@@ -816,16 +885,18 @@ pub(crate) fn fixed_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
         }
     };
     let drop = with_frontend(
+        fam,
         ct_state_new(),
         vec![
-            lookup(FixedSet::NoEndpointDrop, Reg::r32(0), false),
+            member(FixedSet::NoEndpointDrop, false),
             Expr::Verdict(Verdict::Drop),
         ],
     );
     let reject = with_frontend(
+        fam,
         ct_state_new(),
         vec![
-            lookup(FixedSet::NoEndpointReject, Reg::r32(0), false),
+            member(FixedSet::NoEndpointReject, false),
             Expr::Verdict(Verdict::Goto(REJECT_CHAIN.into())),
         ],
     );
@@ -835,15 +906,48 @@ pub(crate) fn fixed_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
             field: Field::Daddr(fam),
             dreg: Reg::r32(0),
         });
-        e.push(lookup(FixedSet::ClusterIps, Reg::r32(0), false));
+        e.push(member(FixedSet::ClusterIps, false));
         e.push(Expr::Verdict(Verdict::Goto(REJECT_CHAIN.into())));
         Rule {
             exprs: e,
             comment: Some("ClusterIP on a port no service has".into()),
         }
     };
+    let reject_tcp = rule(vec![
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: Reg::r32(0),
+        },
+        Expr::Cmp {
+            sreg: Reg::r32(0),
+            op: CmpOp::Eq,
+            data: vec![6],
+        },
+        Expr::Reject(RejectKind::TcpReset),
+    ]);
+    let reject_other = rule(vec![Expr::Reject(RejectKind::PortUnreachable(fam))]);
+    vec![
+        (FILTER_PREROUTING_PRE_DNAT, firewall.clone()),
+        (FILTER_OUTPUT_PRE_DNAT, firewall),
+        (FILTER_INPUT, drop.clone()),
+        (FILTER_INPUT, reject.clone()),
+        (FILTER_FORWARD, drop.clone()),
+        (FILTER_FORWARD, reject.clone()),
+        (FILTER_FORWARD, cluster_ips.clone()),
+        (FILTER_OUTPUT, drop),
+        (FILTER_OUTPUT, reject),
+        (FILTER_OUTPUT, cluster_ips),
+        (REJECT_CHAIN, reject_tcp),
+        (REJECT_CHAIN, reject_other),
+    ]
+}
+
+/// Nat chains: service dispatch and masquerade.
+fn nat_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
+    use layout::{NAT_OUTPUT, NAT_POSTROUTING, NAT_PREROUTING, SERVICES};
     let jump_services = rule(vec![Expr::Verdict(Verdict::Jump(SERVICES.into()))]);
     let service_chains = with_frontend(
+        fam,
         vec![],
         vec![Expr::Lookup {
             set: FixedSet::ServiceChains.name().into(),
@@ -890,43 +994,18 @@ pub(crate) fn fixed_rules(fam: Family, mark: u32) -> Vec<(&'static str, Rule)> {
             field: Field::Daddr(fam),
             dreg: Reg::r32(0).after(fam.addr_len()),
         });
-        e.push(lookup(FixedSet::Hairpin, Reg::r32(0), false));
+        e.push(member(FixedSet::Hairpin, false));
         e.push(Expr::MasqueradeFullyRandom);
         Rule {
             exprs: e,
             comment: Some("hairpin".into()),
         }
     };
-    let reject_tcp = rule(vec![
-        Expr::Meta {
-            key: MetaKey::L4Proto,
-            dreg: Reg::r32(0),
-        },
-        Expr::Cmp {
-            sreg: Reg::r32(0),
-            op: CmpOp::Eq,
-            data: vec![6],
-        },
-        Expr::Reject(RejectKind::TcpReset),
-    ]);
-    let reject_other = rule(vec![Expr::Reject(RejectKind::PortUnreachable(fam))]);
     vec![
-        (FILTER_PREROUTING_PRE_DNAT, firewall.clone()),
-        (FILTER_OUTPUT_PRE_DNAT, firewall),
-        (FILTER_INPUT, drop.clone()),
-        (FILTER_INPUT, reject.clone()),
-        (FILTER_FORWARD, drop.clone()),
-        (FILTER_FORWARD, reject.clone()),
-        (FILTER_FORWARD, cluster_ips.clone()),
-        (FILTER_OUTPUT, drop),
-        (FILTER_OUTPUT, reject),
-        (FILTER_OUTPUT, cluster_ips),
         (NAT_PREROUTING, jump_services.clone()),
         (NAT_OUTPUT, jump_services),
         (NAT_POSTROUTING, masquerade_marked),
         (NAT_POSTROUTING, masquerade_hairpin),
-        (REJECT_CHAIN, reject_tcp),
-        (REJECT_CHAIN, reject_other),
         (SERVICES, service_chains),
     ]
 }

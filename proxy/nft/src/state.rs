@@ -8,7 +8,7 @@
 //! Services) belong to the smallest port key; the others are skipped with a warning.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet, hash_map::Entry},
     sync::{Arc, LazyLock},
 };
 
@@ -20,16 +20,63 @@ use crate::{
     render::{self, ClassSpec, FrontendKey, OwnChain, PortRender, SetRef},
 };
 
-/// Capacity of the endpoint map is fixed when it is created (the kernel then uses a
-/// pre-sized hash table, about 30% faster to fill than a growing one); a partial sync that
-/// would overflow it falls back to a full sync, which sizes it anew.
-const MIN_ENDPOINT_CAPACITY: usize = 1 << 16;
+/// Sets with at least this many elements at a full sync get a fixed size (1.5× their
+/// content): the kernel then fills a pre-sized hash table, measurably faster than growing
+/// one. A partial sync that would overflow a sized set falls back to a full sync, which
+/// sizes it anew. Smaller sets stay growable, so many small class sets cost no memory.
+const SIZED_SET_MIN: usize = 8192;
 
 /// One service port's claims and contribution.
 #[derive(Debug, Clone)]
 struct PortState {
+    key: Arc<ServicePortKey>,
     claims: Vec<FrontendKey>,
     render: PortRender,
+}
+
+/// The ports claiming one frontend. The smallest key owns it; a second claimant is
+/// invalid input, so `others` is nearly always empty (and then allocates nothing).
+#[derive(Debug)]
+struct Claimants {
+    owner: Arc<ServicePortKey>,
+    others: Vec<Arc<ServicePortKey>>,
+}
+
+impl Claimants {
+    fn insert(&mut self, key: Arc<ServicePortKey>) {
+        if key == self.owner || self.others.contains(&key) {
+            return;
+        }
+        if key < self.owner {
+            let old = std::mem::replace(&mut self.owner, key);
+            self.others.push(old);
+        } else {
+            self.others.push(key);
+        }
+    }
+
+    /// Removes `key`; false when no claimant is left.
+    fn remove(&mut self, key: &ServicePortKey) -> bool {
+        if *self.owner == *key {
+            match self
+                .others
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.cmp(b.1))
+                .map(|(i, _)| i)
+            {
+                Some(i) => self.owner = self.others.swap_remove(i),
+                None => return false,
+            }
+        } else {
+            self.others.retain(|k| **k != *key);
+        }
+        true
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<ServicePortKey>> {
+        std::iter::once(&self.owner).chain(&self.others)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -43,14 +90,14 @@ struct ClassState {
 pub(crate) struct FamilyState {
     fam: Family,
     mark: u32,
-    ports: HashMap<ServicePortKey, PortState>,
+    ports: HashMap<Arc<ServicePortKey>, PortState>,
     /// Every port claiming a frontend; the first owns it.
-    frontends: HashMap<FrontendKey, BTreeSet<ServicePortKey>>,
+    frontends: HashMap<FrontendKey, Claimants>,
     /// Reference counts of shared elements.
     shared: HashMap<(FixedSet, Value), usize>,
     classes: HashMap<ClassSpec, ClassState>,
-    endpoints: usize,
-    endpoint_capacity: usize,
+    /// Sets created with a fixed size: name → (elements, capacity).
+    capacity: HashMap<String, (usize, u32)>,
 }
 
 /// Result of planning a partial sync.
@@ -72,6 +119,8 @@ struct Phases {
     deletes: HashMap<Name, Vec<Element>>,
     adds: HashMap<Name, Vec<Element>>,
     services_dirty: bool,
+    /// A change the phases cannot express (an own set whose definition changed).
+    needs_full: bool,
     del_chains: Vec<Name>,
     del_sets: Vec<Name>,
 }
@@ -144,8 +193,7 @@ impl FamilyState {
             frontends: HashMap::new(),
             shared: HashMap::new(),
             classes: HashMap::new(),
-            endpoints: 0,
-            endpoint_capacity: 0,
+            capacity: HashMap::new(),
         }
     }
 
@@ -168,21 +216,35 @@ impl FamilyState {
     }
 
     fn render(&self, port: &ServicePort) -> PortRender {
-        let owned =
-            |k: FrontendKey| self.frontends.get(&k).and_then(|o| o.first()) == Some(&port.key);
+        let owned = |k: FrontendKey| self.frontends.get(&k).is_some_and(|o| *o.owner == port.key);
         render::render_port(self.fam, self.mark, port, &owned)
+    }
+
+    fn claim(&mut self, c: FrontendKey, key: &Arc<ServicePortKey>) {
+        match self.frontends.entry(c) {
+            Entry::Occupied(mut e) => e.get_mut().insert(key.clone()),
+            Entry::Vacant(e) => {
+                e.insert(Claimants {
+                    owner: key.clone(),
+                    others: Vec::new(),
+                });
+            }
+        }
+    }
+
+    fn unclaim(&mut self, c: &FrontendKey, key: &ServicePortKey) {
+        if let Some(cl) = self.frontends.get_mut(c)
+            && !cl.remove(key)
+        {
+            self.frontends.remove(c);
+        }
     }
 
     fn warn_duplicates(&self, key: &ServicePortKey, claims: &[FrontendKey]) {
         for c in claims {
-            if let Some(owner) = self
-                .frontends
-                .get(c)
-                .and_then(|o| o.first())
-                .filter(|o| *o != key)
-            {
+            if let Some(cl) = self.frontends.get(c).filter(|cl| *cl.owner != *key) {
                 tracing::warn!(
-                    service = %key, frontend = %c.0, port = c.2, owner = %owner,
+                    service = %key, frontend = %c.0, port = c.2, owner = %cl.owner,
                     "frontend already used by another service port; ignored for this one"
                 );
             }
@@ -191,17 +253,22 @@ impl FamilyState {
 
     /// Replaces the whole table: delete and re-create in the same transaction.
     pub(crate) fn full(&mut self, model: &ProxyModel, tx: &mut Transaction) {
-        *self = Self::new(self.fam, self.mark);
+        let old = std::mem::replace(self, Self::new(self.fam, self.mark));
+        if old.ports.len() > 10_000 {
+            // Freeing a million elements takes a noticeable time the sync need not wait for.
+            std::thread::spawn(move || drop(old));
+        }
         let fam = self.fam;
         let family = self.model_family();
-        let ports: Vec<&ServicePort> = model
+        let ports: Vec<(Arc<ServicePortKey>, &ServicePort, Vec<FrontendKey>)> = model
             .ports
             .values()
             .filter(|p| p.key.family == family)
+            .map(|p| (Arc::new(p.key.clone()), p, Self::claims(p)))
             .collect();
-        for p in &ports {
-            for c in Self::claims(p) {
-                self.frontends.entry(c).or_default().insert(p.key.clone());
+        for (key, _, claims) in &ports {
+            for c in claims {
+                self.claim(*c, key);
             }
         }
         tx.push(Op::AddTable(fam));
@@ -210,14 +277,12 @@ impl FamilyState {
         for b in BASE_CHAINS {
             tx.push(Op::AddChain(fam, b.chain()));
         }
-        tx.push(Op::AddChain(
-            fam,
-            Chain {
-                name: SERVICES.into(),
-                hook: None,
-                comment: Some("service dispatch".into()),
-            },
-        ));
+        let services = Chain {
+            name: SERVICES.into(),
+            hook: None,
+            comment: Some("service dispatch".into()),
+        };
+        tx.push(Op::AddChain(fam, services));
         tx.push(Op::AddChain(
             fam,
             Chain {
@@ -227,30 +292,80 @@ impl FamilyState {
             },
         ));
         let mut ph = Phases::default();
-        for p in &ports {
-            let claims = Self::claims(p);
-            self.warn_duplicates(&p.key, &claims);
-            let render = self.render(p);
-            self.account(&PortRender::default(), &render, &mut ph);
-            self.ports
-                .insert(p.key.clone(), PortState { claims, render });
+        let states: Vec<PortState> = ports
+            .into_iter()
+            .map(|(key, p, claims)| {
+                self.warn_duplicates(&key, &claims);
+                PortState {
+                    render: self.render(p),
+                    key,
+                    claims,
+                }
+            })
+            .collect();
+        // Size the element vectors once: they hold over a million elements at 100k services.
+        let mut counts: HashMap<FixedSet, usize> = HashMap::new();
+        for st in &states {
+            for (set, _) in &st.render.elements {
+                if let SetRef::Fixed(s) = set {
+                    *counts.entry(*s).or_default() += 1;
+                }
+            }
         }
-        self.endpoint_capacity = (self.endpoints * 2).max(MIN_ENDPOINT_CAPACITY);
+        for (s, n) in counts {
+            ph.adds.entry(fixed_name(s)).or_default().reserve(n);
+        }
+        self.ports.reserve(states.len());
+        let empty = PortRender::default();
+        for st in states {
+            self.account(&empty, &st.render, &mut ph);
+            self.ports.insert(st.key.clone(), st);
+        }
+        self.size_sets(&ph);
         for s in FixedSet::ALL {
             let mut set = s.set(fam);
-            if s == FixedSet::Endpoints {
-                set.size = Some(u32::try_from(self.endpoint_capacity).unwrap_or(u32::MAX));
-            }
+            set.size = self.capacity.get(s.name()).map(|c| c.1);
             tx.push(Op::AddSet(fam, set));
+        }
+        for set in &mut ph.new_sets {
+            set.size = self.capacity.get(&*set.name).map(|c| c.1);
         }
         for (chain, rule) in render::fixed_rules(fam, self.mark) {
             if chain != SERVICES {
                 tx.push(Op::AddRule(fam, chain.into(), rule));
             }
         }
-        ph.deletes.clear();
         let dispatch = self.dispatch_rules();
         ph.into_ops(fam, Some(dispatch), tx);
+    }
+
+    /// Fixes the size of every big set created by a full sync (the kernel then uses a
+    /// pre-sized hash table instead of growing one), with headroom for partial syncs.
+    fn size_sets(&mut self, ph: &Phases) {
+        self.capacity.clear();
+        for (name, els) in &ph.adds {
+            if els.len() >= SIZED_SET_MIN {
+                let cap = u32::try_from(els.len() * 3 / 2).unwrap_or(u32::MAX);
+                self.capacity.insert(name.to_string(), (els.len(), cap));
+            }
+        }
+    }
+
+    /// Counts the sized sets' elements after `ph`; false when one would overflow.
+    fn fits(&mut self, ph: &Phases) -> bool {
+        for (name, (count, cap)) in &mut self.capacity {
+            let added = ph.adds.get(name.as_str()).map_or(0, Vec::len);
+            let deleted = ph.deletes.get(name.as_str()).map_or(0, Vec::len);
+            *count = (*count + added).saturating_sub(deleted);
+            if *count > *cap as usize {
+                return false;
+            }
+        }
+        // A sized class set that is deleted and re-created comes back unsized.
+        for name in &ph.del_sets {
+            self.capacity.remove(&**name);
+        }
+        true
     }
 
     /// Applies `diff` incrementally. On `NeedsFull` the state is stale and must be
@@ -278,7 +393,11 @@ impl FamilyState {
             let new = model.ports.get(key).map(|p| {
                 let claims = Self::claims(p);
                 self.warn_duplicates(key, &claims);
+                let key = old
+                    .as_ref()
+                    .map_or_else(|| Arc::new(key.clone()), |o| o.key.clone());
                 PortState {
+                    key,
                     render: self.render(p),
                     claims,
                 }
@@ -287,10 +406,10 @@ impl FamilyState {
             let new_render = new.as_ref().map_or(&empty, |n| &n.render);
             self.account(old_render, new_render, &mut ph);
             if let Some(new) = new {
-                self.ports.insert(key.clone(), new);
+                self.ports.insert(new.key.clone(), new);
             }
         }
-        if self.endpoints > self.endpoint_capacity {
+        if ph.needs_full || !self.fits(&ph) {
             return Partial::NeedsFull;
         }
         let dispatch = ph.services_dirty.then(|| self.dispatch_rules());
@@ -301,34 +420,34 @@ impl FamilyState {
     /// Updates frontend claims for the affected ports and adds every port whose
     /// ownership of a frontend changes as a consequence.
     fn reclaim(&mut self, model: &ProxyModel, affected: &mut BTreeSet<ServicePortKey>) {
-        let mut touched_frontends = BTreeSet::new();
+        let mut touched = BTreeSet::new();
         for key in affected.iter() {
             let old = self
                 .ports
                 .get(key)
                 .map(|p| p.claims.clone())
                 .unwrap_or_default();
-            let new = model.ports.get(key).map(Self::claims).unwrap_or_default();
             for c in &old {
-                if let Some(set) = self.frontends.get_mut(c) {
-                    set.remove(key);
-                    if set.is_empty() {
-                        self.frontends.remove(c);
-                    }
-                }
-                touched_frontends.insert(*c);
+                self.unclaim(c, key);
+                touched.insert(*c);
             }
-            for c in new {
-                self.frontends.entry(c).or_default().insert(key.clone());
-                touched_frontends.insert(c);
+            if let Some(p) = model.ports.get(key) {
+                let arc = self
+                    .ports
+                    .get(key)
+                    .map_or_else(|| Arc::new(key.clone()), |o| o.key.clone());
+                for c in Self::claims(p) {
+                    self.claim(c, &arc);
+                    touched.insert(c);
+                }
             }
         }
         // Any other claimant of a touched frontend may have gained or lost it.
-        for c in touched_frontends {
-            if let Some(owners) = self.frontends.get(&c) {
-                for o in owners {
-                    if !affected.contains(o) && self.ports.contains_key(o) {
-                        affected.insert(o.clone());
+        for c in touched {
+            if let Some(cl) = self.frontends.get(&c) {
+                for o in cl.all() {
+                    if !affected.contains(&**o) && self.ports.contains_key(&**o) {
+                        affected.insert((**o).clone());
                     }
                 }
             }
@@ -346,7 +465,7 @@ impl FamilyState {
             for item in &new.elements {
                 self.element_change(item, true, ph);
             }
-            self.own_objects(old, new, ph);
+            Self::own_objects(old, new, ph);
             return;
         }
         let old_set: HashSet<&(SetRef, Element)> = old.elements.iter().collect();
@@ -361,7 +480,7 @@ impl FamilyState {
                 self.element_change(item, true, ph);
             }
         }
-        self.own_objects(old, new, ph);
+        Self::own_objects(old, new, ph);
     }
 
     fn element_change(&mut self, (set, el): &(SetRef, Element), add: bool, ph: &mut Phases) {
@@ -383,16 +502,7 @@ impl FamilyState {
                 }
                 fixed_name(*s)
             }
-            SetRef::Fixed(s) => {
-                if *s == FixedSet::Endpoints {
-                    if add {
-                        self.endpoints += 1;
-                    } else {
-                        self.endpoints -= 1;
-                    }
-                }
-                fixed_name(*s)
-            }
+            SetRef::Fixed(s) => fixed_name(*s),
             SetRef::Class(spec) => self.class_user(spec, add, ph),
         };
         let target = if add { &mut ph.adds } else { &mut ph.deletes };
@@ -461,15 +571,19 @@ impl FamilyState {
 
     /// Own chains and sets (affinity): create new ones, rewrite changed ones, delete gone
     /// ones (referencing chains first).
-    fn own_objects(&mut self, old: &PortRender, new: &PortRender, ph: &mut Phases) {
+    fn own_objects(old: &PortRender, new: &PortRender, ph: &mut Phases) {
         let old_chains: HashMap<&Name, &OwnChain> =
             old.chains.iter().map(|c| (&c.name, c)).collect();
         let new_names: HashSet<&Name> = new.chains.iter().map(|c| &c.name).collect();
-        let old_sets: HashSet<&Name> = old.sets.iter().map(|s| &s.name).collect();
+        let old_sets: HashMap<&Name, &Set> = old.sets.iter().map(|s| (&s.name, s)).collect();
         let new_sets: HashSet<&Name> = new.sets.iter().map(|s| &s.name).collect();
         for s in &new.sets {
-            if !old_sets.contains(&s.name) {
-                ph.new_sets.push(s.clone());
+            match old_sets.get(&s.name) {
+                None => ph.new_sets.push(s.clone()),
+                // A set cannot be redefined in place (an affinity timeout changed): the
+                // delete would have to precede the re-creation; leave it to a full sync.
+                Some(o) if **o != *s => ph.needs_full = true,
+                Some(_) => {}
             }
         }
         for c in &new.chains {

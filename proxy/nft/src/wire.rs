@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use crate::{
     ir::{
         Chain, CmpOp, CtKey, DataType, ElemData, Element, Expr, Family, FibOn, MetaKey, NatKind,
-        Op, RejectKind, Rule, Set, SetData, Value, Verdict,
+        Op, RejectKind, Rule, Set, SetData, Transaction, Value, Verdict,
     },
     layout::TABLE,
 };
@@ -126,7 +126,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     fn align(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -317,6 +317,15 @@ pub(crate) struct BatchEncoder {
 }
 
 impl BatchEncoder {
+    /// A batch for `tx`, with its buffer reserved up front: growing a 50 MB buffer by
+    /// doubling costs more than encoding into it.
+    pub(crate) fn for_tx(first_seq: u32, tx: &Transaction) -> Self {
+        let estimate = tx.element_count() * 56 + tx.rule_count() * 512 + tx.ops.len() * 128;
+        let mut enc = Self::new(first_seq);
+        enc.w.buf.reserve(estimate);
+        enc
+    }
+
     pub(crate) fn new(first_seq: u32) -> Self {
         let mut enc = Self {
             w: Writer::default(),
@@ -389,7 +398,7 @@ impl BatchEncoder {
                 self.w.end_msg(m);
             }
             Op::AddElements(_, set, elems) => {
-                self.elements(index, fam, MsgType::NewSetElem, set, elems)
+                self.elements(index, fam, MsgType::NewSetElem, set, elems);
             }
             Op::DeleteElements(_, set, elems) => {
                 self.elements(index, fam, MsgType::DelSetElem, set, elems);
@@ -596,6 +605,20 @@ fn expr(w: &mut Writer, e: &Expr) {
 /// The expression's attributes (`NFTA_<EXPR>_*`, numbered as in the uapi header).
 fn expr_body(w: &mut Writer, e: &Expr) {
     match e {
+        Expr::Payload { .. }
+        | Expr::Meta { .. }
+        | Expr::MetaSetMark { .. }
+        | Expr::Ct { .. }
+        | Expr::Bitwise { .. }
+        | Expr::Cmp { .. }
+        | Expr::Lookup { .. } => load_body(w, e),
+        _ => statement_body(w, e),
+    }
+}
+
+/// Loads, comparisons and lookups.
+fn load_body(w: &mut Writer, e: &Expr) {
+    match e {
         Expr::Payload { field, dreg } => {
             let (base, offset, len) = field.layout();
             w.attr_be32(1, dreg.0);
@@ -659,6 +682,13 @@ fn expr_body(w: &mut Writer, e: &Expr) {
                 w.attr_be32(5, 1); // NFT_LOOKUP_F_INV
             }
         }
+        _ => unreachable!("expr_body routes only loads here"),
+    }
+}
+
+/// Generators, immediates and statements (NAT, reject, set updates).
+fn statement_body(w: &mut Writer, e: &Expr) {
+    match e {
         Expr::Numgen {
             dreg,
             modulus,
@@ -729,6 +759,7 @@ fn expr_body(w: &mut Writer, e: &Expr) {
             w.attr_be32(4, sreg.0);
             w.attr(6, &timeout_ms.to_be_bytes());
         }
+        _ => unreachable!("expr_body routes only statements here"),
     }
 }
 
@@ -776,7 +807,7 @@ mod tests {
             DataType::InetProto,
             DataType::InetService,
         ];
-        assert_eq!(concat_type(key), (7 << 12) | (12 << 6) | 13);
+        assert_eq!(concat_type(key), (0x7 << 12) | (0xc << 6) | 0xd);
         assert_eq!(concat_len(key), 12);
         assert_eq!(concat_len(&[DataType::Ipv6Addr]), 16);
         assert_eq!(concat_len(&[DataType::InetProto, DataType::InetService]), 8);

@@ -220,6 +220,8 @@ impl KubeSource {
             health: health.clone(),
         };
 
+        // The tasks log through the subscriber current at start, so a caller's scoped
+        // subscriber sees them too, as it would a synchronous call.
         let (services, writer) = reflector::store();
         let watch_config = watcher::Config::default()
             .labels(&labels)
@@ -413,12 +415,13 @@ impl Reflector {
 /// Whether a 410 Gone: the resourceVersion expired and the watcher relists, which is
 /// routine.
 fn is_expired(error: &watcher::Error) -> bool {
-    match error {
-        watcher::Error::WatchError(status) => status.code == 410,
-        watcher::Error::InitialListFailed(kube::Error::Api(status))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
-        _ => false,
-    }
+    let (watcher::Error::WatchError(status)
+    | watcher::Error::InitialListFailed(kube::Error::Api(status))
+    | watcher::Error::WatchStartFailed(kube::Error::Api(status))) = error
+    else {
+        return false;
+    };
+    status.code == 410
 }
 
 /// Tracks which inputs' requests are failing, to log an outage once at each end.

@@ -13,7 +13,7 @@
 //! boundaries cannot be trusted past a syntax error); a file that is removed takes them away.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -23,7 +23,7 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use kproxy_model::{
-    ClusterState, ObjectKey,
+    Changes, ClusterState, ObjectKey,
     manifest::{DocumentErrorReason, ManifestObject, parse_documents},
     validate_endpoint_slice, validate_node, validate_service,
 };
@@ -43,6 +43,45 @@ enum Doc {
     Node(Arc<Node>),
 }
 
+impl Doc {
+    /// Which store the object goes to, and its key there.
+    fn key(&self) -> (Kind, ObjectKey) {
+        match self {
+            Doc::Service(s) => (Kind::Service, key_of(&s.metadata)),
+            Doc::EndpointSlice(s) => (Kind::EndpointSlice, key_of(&s.metadata)),
+            Doc::Node(n) => (Kind::Node, key_of(&n.metadata)),
+        }
+    }
+
+    /// Same object and same content.
+    fn same(&self, other: &Doc) -> bool {
+        match (self, other) {
+            (Doc::Service(a), Doc::Service(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Doc::EndpointSlice(a), Doc::EndpointSlice(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Doc::Node(a), Doc::Node(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
+
+    /// Same `Arc`: the object did not change at all.
+    fn identical(&self, other: &Doc) -> bool {
+        match (self, other) {
+            (Doc::Service(a), Doc::Service(b)) => Arc::ptr_eq(a, b),
+            (Doc::EndpointSlice(a), Doc::EndpointSlice(b)) => Arc::ptr_eq(a, b),
+            (Doc::Node(a), Doc::Node(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// The three stores of [`ClusterState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
 /// What the source remembers of one file.
 #[derive(Debug, Default)]
 struct FileState {
@@ -60,8 +99,14 @@ pub struct ManifestsSource {
     dir: PathBuf,
     node_name: String,
     files: BTreeMap<PathBuf, FileState>,
-    /// The state assembled after the last scan that changed anything.
-    state: ClusterState,
+    /// Every definition of every object, by file: when two files define the same object
+    /// the later file (in name order) wins, with a warning.
+    defs: HashMap<(Kind, ObjectKey), BTreeMap<PathBuf, Doc>>,
+    /// The state, shared copy-on-write with the sync loop: a change updates it in place
+    /// unless a snapshot is still alive.
+    state: Arc<ClusterState>,
+    /// What changed since the last [`Source::snapshot_changes`].
+    changes: Changes,
     /// A change found by a scan and not yet reported by `changed()`.
     pending: bool,
     /// The directory could not be listed at the last scan (logged once per outage).
@@ -80,7 +125,9 @@ impl ManifestsSource {
             dir,
             node_name: node_name.into(),
             files: BTreeMap::new(),
-            state: ClusterState::default(),
+            defs: HashMap::new(),
+            state: Arc::default(),
+            changes: Changes::All,
             pending: true,
             dir_unreadable: false,
         };
@@ -106,60 +153,115 @@ impl ManifestsSource {
             }
         };
         let mut changed = false;
-        let before = self.files.len();
-        self.files.retain(|p, _| paths.contains_key(p));
-        changed |= self.files.len() != before;
+        let removed: Vec<PathBuf> = self.files.keys().filter(|p| !paths.contains_key(*p)).cloned().collect();
+        for path in removed {
+            let file = self.files.remove(&path).unwrap_or_default();
+            changed |= self.replace_docs(&path, &file.docs, &[]);
+        }
         for (path, fingerprint) in paths {
             let file = self.files.entry(path.clone()).or_default();
             if file.fingerprint == fingerprint && !file.docs.is_empty() {
                 continue;
             }
+            file.fingerprint = fingerprint;
             match fs::read_to_string(&path) {
                 Ok(text) => {
-                    file.docs = read_documents(&path, &text, &self.node_name, &file.docs);
-                    file.fingerprint = fingerprint;
-                    changed = true;
+                    let old = std::mem::take(&mut file.docs);
+                    let new = reuse_unchanged(read_documents(&path, &text, &self.node_name, &old), &old);
+                    file.docs.clone_from(&new);
+                    changed |= self.replace_docs(&path, &old, &new);
                 }
                 Err(e) => {
                     warn!(file = %path.display(), error = %e, "cannot read manifest file; keeping its last good objects");
-                    file.fingerprint = fingerprint;
                 }
             }
         }
         if changed {
-            self.state = self.assemble();
             self.pending = true;
         }
         changed
     }
 
-    /// Builds the cluster state from every file's good documents. A later file wins when
-    /// two define the same object (files are read in name order), with a warning.
-    fn assemble(&self) -> ClusterState {
-        let mut state = ClusterState::default();
-        let mut seen: HashMap<(&'static str, ObjectKey), &Path> = HashMap::new();
-        for (path, file) in &self.files {
-            for doc in file.docs.iter().flatten() {
-                let (kind, key) = match doc {
-                    Doc::Service(s) => ("Service", key_of(&s.metadata)),
-                    Doc::EndpointSlice(s) => ("EndpointSlice", key_of(&s.metadata)),
-                    Doc::Node(n) => ("Node", key_of(&n.metadata)),
-                };
-                if let Some(first) = seen.insert((kind, key.clone()), path) {
-                    warn!(kind, object = %format!("{}/{}", key.namespace, key.name), first = %first.display(), file = %path.display(), "object defined twice; the later file wins");
-                }
-                match doc {
-                    Doc::Service(s) => {
-                        state.services.insert(key, Arc::clone(s));
-                    }
-                    Doc::EndpointSlice(s) => {
-                        state.slices.insert(key, Arc::clone(s));
-                    }
-                    Doc::Node(n) => state.node = Some(Arc::clone(n)),
-                }
+    /// Replaces what `path` defines (`old`) with `new` and updates the state for every
+    /// object whose winning definition changed; true when any did.
+    fn replace_docs(&mut self, path: &Path, old: &[Option<Doc>], new: &[Option<Doc>]) -> bool {
+        let mut touched = BTreeSet::new();
+        for doc in old.iter().flatten() {
+            let key = doc.key();
+            if let Some(defs) = self.defs.get_mut(&key) {
+                defs.remove(path);
+            }
+            touched.insert(key);
+        }
+        for doc in new.iter().flatten() {
+            let key = doc.key();
+            let defs = self.defs.entry(key.clone()).or_default();
+            defs.insert(path.to_owned(), doc.clone());
+            if defs.len() == 2 {
+                let first = defs.keys().next().map(|p| p.display().to_string()).unwrap_or_default();
+                warn!(kind = ?key.0, object = %key.1, first, file = %path.display(), "object defined in two files; the later file wins");
+            }
+            touched.insert(key);
+        }
+        let mut changed = false;
+        for key in touched {
+            let winner = self.defs.get(&key).and_then(|d| d.values().next_back().cloned());
+            if winner.is_none() {
+                self.defs.remove(&key);
+            }
+            changed |= self.set(key, winner);
+        }
+        changed
+    }
+
+    /// Puts `doc` (or nothing) at `key` in the state; records the change. False when the
+    /// state already held that very object.
+    fn set(&mut self, (kind, key): (Kind, ObjectKey), doc: Option<Doc>) -> bool {
+        let current = match kind {
+            Kind::Service => self.state.services.get(&key).map(|s| Doc::Service(Arc::clone(s))),
+            Kind::EndpointSlice => self.state.slices.get(&key).map(|s| Doc::EndpointSlice(Arc::clone(s))),
+            Kind::Node => self.state.node.as_ref().map(|n| Doc::Node(Arc::clone(n))),
+        };
+        if match (&current, &doc) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.identical(b),
+            _ => false,
+        } {
+            return false;
+        }
+        drop(current);
+        let state = Arc::make_mut(&mut self.state);
+        let mut services = BTreeSet::new();
+        let mut slices = BTreeSet::new();
+        let mut node = false;
+        match (kind, doc) {
+            (Kind::Service, Some(Doc::Service(s))) => {
+                state.services.insert(key.clone(), s);
+                services.insert(key);
+            }
+            (Kind::Service, _) => {
+                state.services.remove(&key);
+                services.insert(key);
+            }
+            (Kind::EndpointSlice, Some(Doc::EndpointSlice(s))) => {
+                state.slices.insert(key.clone(), s);
+                slices.insert(key);
+            }
+            (Kind::EndpointSlice, _) => {
+                state.slices.remove(&key);
+                slices.insert(key);
+            }
+            (Kind::Node, Some(Doc::Node(n))) => {
+                state.node = Some(n);
+                node = true;
+            }
+            (Kind::Node, _) => {
+                state.node = None;
+                node = true;
             }
         }
-        state
+        self.changes.merge(Changes::Keys { services, slices, node });
+        true
     }
 }
 
@@ -174,7 +276,11 @@ impl Source for ManifestsSource {
     }
 
     fn snapshot(&mut self) -> Option<ClusterState> {
-        Some(self.state.clone())
+        Some((*self.state).clone())
+    }
+
+    fn snapshot_changes(&mut self) -> Option<(Arc<ClusterState>, Changes)> {
+        Some((Arc::clone(&self.state), std::mem::replace(&mut self.changes, Changes::none())))
     }
 }
 
@@ -183,6 +289,20 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
         namespace: meta.namespace.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
     }
+}
+
+/// Keeps the previous `Arc` of every object whose content did not change, so an edit to one
+/// object of a big file changes one object, not all of them.
+fn reuse_unchanged(new: Vec<Option<Doc>>, old: &[Option<Doc>]) -> Vec<Option<Doc>> {
+    let by_key: HashMap<(Kind, ObjectKey), &Doc> = old.iter().flatten().map(|d| (d.key(), d)).collect();
+    new.into_iter()
+        .map(|doc| {
+            doc.map(|d| match by_key.get(&d.key()) {
+                Some(prev) if prev.same(&d) => (*prev).clone(),
+                _ => d,
+            })
+        })
+        .collect()
 }
 
 /// Manifest files in `dir` with their fingerprints.
@@ -297,5 +417,70 @@ fn validated(object: ManifestObject, node_name: &str) -> Result<Option<Doc>, (St
             debug!(api_version, kind, "ignoring a kind the proxy does not read");
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, ip: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\nspec: {{clusterIP: {ip}, clusterIPs: [{ip}], ports: [{{port: 80}}]}}\n"
+        )
+    }
+
+    fn slice(name: &str, ip: &str) -> String {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{ip}\"]}}]\nports: [{{port: 8080}}]\n"
+        )
+    }
+
+    fn keys(names: &[&str]) -> BTreeSet<ObjectKey> {
+        names.iter().map(|n| ObjectKey::new("t", *n)).collect()
+    }
+
+    fn changes(src: &mut ManifestsSource) -> Changes {
+        src.scan();
+        src.snapshot_changes().expect("manifests are always ready").1
+    }
+
+    #[test]
+    fn edits_report_exactly_the_objects_that_changed() {
+        let dir = std::env::temp_dir().join(format!("kproxy-manifests-unit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.yaml");
+        let text = |ep: &str| format!("{}{}{}{}", svc("x", "198.51.100.1"), slice("x", "100.64.1.1"), svc("y", "198.51.100.2"), slice("y", ep));
+        fs::write(&file, text("100.64.1.2")).unwrap();
+        let mut src = ManifestsSource::new(&dir, "n").unwrap();
+        assert_eq!(changes(&mut src), Changes::All, "the first snapshot says everything changed");
+        assert_eq!(changes(&mut src), Changes::none());
+
+        // One slice of a big file changes: only that slice is reported; the other objects
+        // keep their Arcs.
+        let before = src.snapshot_changes().unwrap().0;
+        fs::write(&file, text("100.64.1.3 ")).unwrap();
+        // Same length as before would keep the size; force a new fingerprint via mtime too.
+        src.files.get_mut(&file).unwrap().fingerprint = (0, 0, 0);
+        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&[]), slices: keys(&["y-1"]), node: false });
+        let after = src.snapshot_changes().unwrap().0;
+        assert!(Arc::ptr_eq(&before.services[&ObjectKey::new("t", "x")], &after.services[&ObjectKey::new("t", "x")]));
+        assert!(!Arc::ptr_eq(&before.slices[&ObjectKey::new("t", "y-1")], &after.slices[&ObjectKey::new("t", "y-1")]));
+
+        // A second file defining x again: the later file wins, x changes.
+        fs::write(dir.join("b.yaml"), svc("x", "198.51.100.9")).unwrap();
+        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["x"]), slices: keys(&[]), node: false });
+        assert_eq!(src.snapshot().unwrap().services[&ObjectKey::new("t", "x")].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("198.51.100.9"));
+        // Removing it brings a.yaml's x back.
+        fs::remove_file(dir.join("b.yaml")).unwrap();
+        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["x"]), slices: keys(&[]), node: false });
+        assert_eq!(src.snapshot().unwrap().services[&ObjectKey::new("t", "x")].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("198.51.100.1"));
+
+        // Removing the file removes everything it defined.
+        fs::remove_file(&file).unwrap();
+        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["x", "y"]), slices: keys(&["x-1", "y-1"]), node: false });
+        let state = src.snapshot().unwrap();
+        assert!(state.services.is_empty() && state.slices.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

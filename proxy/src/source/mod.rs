@@ -7,7 +7,9 @@
 pub mod kube;
 pub mod manifests;
 
-use kproxy_model::ClusterState;
+use std::sync::Arc;
+
+use kproxy_model::{Changes, ClusterState};
 
 /// Errors a source can end with. Transient failures (a dropped watch, an API server that
 /// is down) are not errors: the source keeps its last state and retries by itself.
@@ -39,4 +41,12 @@ pub trait Source: Send {
     /// EndpointSlices, Node) is incomplete: the first sync waits for it, so a starting agent
     /// never programs empty tables.
     fn snapshot(&mut self) -> Option<ClusterState>;
+
+    /// The whole current state, shared, with which objects changed since the previous call
+    /// (kube-proxy's change trackers): the model rebuilds only those. The default knows no
+    /// better than [`Changes::All`]; sources that track changes override it. None while the
+    /// initial lists are incomplete.
+    fn snapshot_changes(&mut self) -> Option<(Arc<ClusterState>, Changes)> {
+        self.snapshot().map(|s| (Arc::new(s), Changes::All))
+    }
 }

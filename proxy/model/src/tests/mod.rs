@@ -6,6 +6,7 @@ mod dual_stack;
 mod endpoints;
 mod fixtures;
 mod ignore;
+mod incremental;
 mod manifest;
 mod services;
 mod topology;

@@ -577,3 +577,79 @@ fn random_edit_sequences_match_a_fresh_full_sync() {
         assert_same_as_fresh(&k, &m);
     }
 }
+
+#[test]
+fn a_frontend_listed_twice_in_one_port_is_rendered_once() {
+    let (mut dp, k) = dataplane();
+    let p = web()
+        .frontend(FrontendKind::ExternalIp, "203.0.113.9", 80)
+        .frontend(FrontendKind::LoadBalancer, "203.0.113.9", 80)
+        .external_cluster()
+        .source_ranges(&["192.0.2.0/24", "192.0.2.128/25", "192.0.3.0/24"])
+        .build();
+    let m1 = model([p]);
+    dp.sync_full(&m1).unwrap();
+    let t = table(&k, Family::Ip);
+    // The LoadBalancer kind wins, so its source ranges apply, merged (overlaps and
+    // adjacent ranges would be refused by an interval set).
+    assert_eq!(
+        keys(&t, "firewall-ips"),
+        vec![Value::Frontend(ip("203.0.113.9"), 6, 80)]
+    );
+    assert_eq!(
+        keys(&t, "firewall-allow"),
+        vec![Value::FrontendSource(
+            ip("203.0.113.9"),
+            6,
+            80,
+            net("192.0.2.0/23")
+        )]
+    );
+    assert_eq!(keys(&t, "lb-n2-masq").len(), 1);
+    let m2 = model([]);
+    dp.sync_partial(&m2, &diff(&m1, &m2)).unwrap();
+    assert_same_as_fresh(&k, &m2);
+}
+
+#[test]
+fn an_affinity_timeout_change_falls_back_to_a_full_sync() {
+    let (mut dp, k) = dataplane();
+    let m1 = model([web().affinity(60).build()]);
+    dp.sync_full(&m1).unwrap();
+    let m2 = model([web().affinity(120).build()]);
+    let stats = dp.sync_partial(&m2, &diff(&m1, &m2)).unwrap();
+    assert!(stats.full);
+    let t = table(&k, Family::Ip);
+    assert_eq!(
+        t.sets["ep-default/web/tcp/http__10.1.0.1/8080"]
+            .0
+            .timeout_ms,
+        Some(120_000)
+    );
+}
+
+#[test]
+fn bad_endpoint_indices_are_skipped_not_fatal() {
+    let (mut dp, k) = dataplane();
+    let p = web().internal(fwd(&[0, 7, 1])).build();
+    dp.sync_full(&model([p])).unwrap();
+    assert_eq!(elements(&table(&k, Family::Ip), "endpoints").len(), 2);
+}
+
+#[test]
+fn overflowing_a_sized_set_falls_back_to_a_full_sync() {
+    let (mut dp, k) = dataplane();
+    let m1 = many(1000, 10); // 10k endpoint elements: the map gets a fixed size
+    dp.sync_full(&m1).unwrap();
+    let size = table(&k, Family::Ip).sets["endpoints"]
+        .0
+        .size
+        .expect("sized");
+    assert_eq!(size, 15_000);
+    let m2 = many(1600, 10);
+    let stats = dp.sync_partial(&m2, &diff(&m1, &m2)).unwrap();
+    assert!(stats.full, "16k elements do not fit 15k");
+    assert_eq!(table(&k, Family::Ip).sets["endpoints"].0.size, Some(24_000));
+    let m3 = many(1700, 10);
+    assert!(!dp.sync_partial(&m3, &diff(&m2, &m3)).unwrap().full);
+}

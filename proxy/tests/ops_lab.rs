@@ -1,0 +1,582 @@
+//! kproxy's operational surface with the real binary on lab nodes: health and
+//! healthCheckNodePort answers, metrics after syncs, SIGTERM, `dump` against the traffic
+//! it describes, and `cleanup`.
+
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use kproxy::{dump::Dump, health::rfc3339};
+use kproxy_tests::{
+    conformance::{Client, Mode, Proto, TCP_PORT, World},
+    lab::{Host, client::ClientError},
+};
+use serde_json::Value;
+
+fn assert_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root (cargo xtask test)"
+    );
+}
+
+fn kproxy() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kproxy"))
+}
+
+const HC_PORT: u16 = 31999;
+const LB_IP: &str = "198.51.100.20";
+
+/// One HTTP/1.0 answer: status, headers (lower-case names), body.
+#[derive(Debug)]
+struct Reply {
+    code: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// GET `path` on `addr`; None when nothing listens.
+fn get(addr: SocketAddr, path: &str) -> Option<Reply> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some(Reply {
+        code,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+/// GET from inside node `node`'s network namespace.
+fn get_on(world: &World, node: &str, addr: SocketAddr, path: &str) -> Option<Reply> {
+    let path = path.to_owned();
+    world
+        .node(node)
+        .run(move || get(addr, &path))
+        .expect("enter the node")
+}
+
+/// The node's own address on `port`.
+fn node_addr(world: &World, node: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(world.node(node).ipv4().into(), port)
+}
+
+/// Polls `probe` until `done` holds for its value (the agents apply manifests within about
+/// a second); panics with the last value after a minute.
+fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let v = probe();
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {v:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn nodes_yaml(world: &World, taint_a: &str) -> String {
+    let mut out = String::new();
+    for n in ["a", "b"] {
+        let node = world.node(n);
+        let extra = if n == "a" { taint_a } else { "" };
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {n}\n{extra}status:\n  addresses:\n  - {{type: InternalIP, address: \"{}\"}}\n",
+            node.ipv4()
+        );
+    }
+    out
+}
+
+/// `(pod, ready, serving, terminating)`.
+type Ep = (&'static str, bool, bool, bool);
+
+fn slice_yaml(world: &World, service: &str, eps: &[Ep], trigger: Option<SystemTime>) -> String {
+    let annotations = trigger.map_or_else(String::new, |t| {
+        format!(
+            "  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{}\"}}\n",
+            rfc3339(t)
+        )
+    });
+    let mut out = format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  namespace: ops\n  labels: {{kubernetes.io/service-name: {service}}}\n{annotations}addressType: IPv4\nports: [{{name: http, port: {TCP_PORT}, protocol: TCP}}]\nendpoints:\n"
+    );
+    if eps.is_empty() {
+        out = out.replace("endpoints:\n", "endpoints: []\n");
+    }
+    for (pod, ready, serving, terminating) in eps {
+        let p = world.pod(pod);
+        let _ = write!(
+            out,
+            "- addresses: [\"{}\"]\n  conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}\n  nodeName: {}\n",
+            p.ipv4(),
+            p.node().name()
+        );
+    }
+    out
+}
+
+fn lb_yaml() -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: ops}}\nspec:\n  type: LoadBalancer\n  clusterIP: {LB_IP}\n  clusterIPs: [{LB_IP}]\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {HC_PORT}\n  ports:\n  - {{name: http, port: 80, protocol: TCP, targetPort: {TCP_PORT}, nodePort: 31080}}\n"
+    )
+}
+
+fn ready(pod: &'static str) -> Ep {
+    (pod, true, true, false)
+}
+
+/// The healthCheckNodePort answer on `node`, once it has `code` and `count`.
+fn hc_answer(world: &World, node: &str, code: u16, count: u64) -> Reply {
+    let addr = node_addr(world, node, HC_PORT);
+    let reply = wait_until(
+        &format!("healthCheckNodePort on node {node}"),
+        || get_on(world, node, addr, "/"),
+        |r| {
+            r.as_ref().is_some_and(|r| {
+                r.code == code && r.json()["localEndpoints"].as_u64() == Some(count)
+            })
+        },
+    )
+    .expect("answered");
+    // Every field, as kube-proxy answers.
+    let body = reply.json();
+    assert_eq!(body["service"]["namespace"], "ops", "{body}");
+    assert_eq!(body["service"]["name"], "lb", "{body}");
+    assert_eq!(body["serviceProxyHealthy"], true, "{body}");
+    assert_eq!(
+        reply.header("x-load-balancing-endpoint-weight"),
+        Some(count.to_string().as_str()),
+        "{reply:?}"
+    );
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    reply
+}
+
+fn healthz(world: &World, node: &str, path: &str) -> Reply {
+    get_on(world, node, node_addr(world, node, 10256), path).expect("health server answers")
+}
+
+fn metrics_text(world: &World, node: &str) -> String {
+    let r = get_on(world, node, "127.0.0.1:10249".parse().unwrap(), "/metrics")
+        .expect("metrics server answers");
+    assert_eq!(r.code, 200);
+    r.body
+}
+
+/// The value of the series `series` (name with labels), if exported.
+fn sample<T: std::str::FromStr>(text: &str, series: &str) -> Option<T> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn dump_on(world: &World, node: &str) -> Dump {
+    let out = world
+        .node(node)
+        .exec(kproxy(), ["dump", "--output", "json"])
+        .expect("kproxy dump");
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("dump output is not the JSON dump ({e}): {out}"))
+}
+
+fn ipv4_table(d: &Dump) -> &kproxy::dump::TableSummary {
+    d.tables
+        .iter()
+        .find(|t| t.table == "ip kproxy")
+        .expect("the ip table is listed")
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn health_check_node_ports_health_metrics_and_sigterm() {
+    assert_root();
+    let world = World::new("opshealth", kproxy(), Mode::Nftables).expect("lab");
+    world
+        .write_manifest("nodes.yaml", &nodes_yaml(&world, ""))
+        .unwrap();
+    world
+        .write_manifest(
+            "lb.yaml",
+            &(lb_yaml() + &slice_yaml(&world, "lb", &[ready("a-ep1")], None)),
+        )
+        .unwrap();
+    world
+        .start_agents(&["--cluster-cidr", "100.64.0.0/16"])
+        .expect("agents");
+
+    // One local ready endpoint on a, none on b.
+    hc_answer(&world, "a", 200, 1);
+    hc_answer(&world, "b", 503, 0);
+
+    // /healthz and /livez: kube-proxy's bodies.
+    let h = healthz(&world, "a", "/healthz");
+    assert_eq!(h.code, 200, "{h:?}");
+    let body = h.json();
+    assert_eq!(body["nodeEligible"], true, "{body}");
+    assert_eq!(body["healthy"], true, "{body}");
+    assert!(
+        body["lastUpdated"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
+    assert!(
+        body["currentTime"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
+    let l = healthz(&world, "a", "/livez");
+    assert_eq!(l.code, 200);
+    assert!(l.json().get("nodeEligible").is_none(), "{}", l.body);
+
+    // Endpoints move to b (two pods), with a trigger time after the agents started.
+    world
+        .write_manifest(
+            "lb.yaml",
+            &(lb_yaml()
+                + &slice_yaml(
+                    &world,
+                    "lb",
+                    &[ready("b-ep1"), ready("b-ep2")],
+                    Some(SystemTime::now()),
+                )),
+        )
+        .unwrap();
+    hc_answer(&world, "b", 200, 2);
+    hc_answer(&world, "a", 503, 0);
+
+    // Metrics on a, after these syncs: every listed metric with its type.
+    let text = metrics_text(&world, "a");
+    for (name, kind) in [
+        ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
+        (
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "histogram",
+        ),
+        (
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "histogram",
+        ),
+        (
+            "kubeproxy_network_programming_duration_seconds",
+            "histogram",
+        ),
+        ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge"),
+        (
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "gauge",
+        ),
+        ("kubeproxy_sync_proxy_rules_endpoint_changes", "counter"),
+        ("kubeproxy_sync_proxy_rules_service_changes", "counter"),
+        (
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            "gauge",
+        ),
+        ("kubeproxy_proxy_healthz", "counter"),
+        ("kubeproxy_proxy_livez", "counter"),
+        (
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures",
+            "counter",
+        ),
+        (
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "histogram",
+        ),
+        ("kubeproxy_conntrack_reconciler_deleted_entries", "counter"),
+        ("kproxy_sync_failures", "counter"),
+        ("kproxy_datapath_elements", "gauge"),
+    ] {
+        let line = format!("# TYPE {name} {kind}");
+        assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+    }
+    let s = |series: &str| -> u64 {
+        sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"))
+    };
+    assert_eq!(
+        s("kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"}"),
+        1,
+        "eTP Local with endpoints only on b drops on a"
+    );
+    assert_eq!(
+        s("kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"}"),
+        0
+    );
+    assert!(s("kubeproxy_sync_full_proxy_rules_duration_seconds_count") >= 1);
+    assert!(s("kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 2);
+    assert!(s("kubeproxy_sync_proxy_rules_service_changes_total") >= 1);
+    assert!(
+        s("kubeproxy_network_programming_duration_seconds_count") >= 1,
+        "the slice's trigger time was measured"
+    );
+    assert!(s("kubeproxy_proxy_healthz_total{code=\"200\"}") >= 1);
+    assert_eq!(s("kproxy_datapath_elements{kind=\"service_ports\"}"), 1);
+    assert_eq!(s("kproxy_datapath_elements{kind=\"endpoints\"}"), 2);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last: f64 =
+        sample(&text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").expect("last sync");
+    assert!(last > 0.0 && last <= now, "{last} vs {now}");
+    let mode = get_on(
+        &world,
+        "a",
+        "127.0.0.1:10249".parse().unwrap(),
+        "/proxyMode",
+    )
+    .unwrap();
+    assert_eq!((mode.code, mode.body.trim()), (200, "nftables"));
+    let mh = get_on(&world, "a", "127.0.0.1:10249".parse().unwrap(), "/healthz").unwrap();
+    assert_eq!(mh.code, 200);
+
+    // Not ready and terminating endpoints do not count.
+    world
+        .write_manifest(
+            "lb.yaml",
+            &(lb_yaml()
+                + &slice_yaml(
+                    &world,
+                    "lb",
+                    &[("b-ep1", false, false, false), ("b-ep2", false, true, true)],
+                    None,
+                )),
+        )
+        .unwrap();
+    hc_answer(&world, "b", 503, 0);
+
+    // Node a tainted for scale-down: /healthz 503 (proxier still healthy), /livez 200.
+    let taint = "spec:\n  taints: [{key: ToBeDeletedByClusterAutoscaler, value: \"1700000000\", effect: NoSchedule}]\n";
+    world
+        .write_manifest("nodes.yaml", &nodes_yaml(&world, taint))
+        .unwrap();
+    let h = wait_until(
+        "healthz 503 on a tainted node",
+        || healthz(&world, "a", "/healthz"),
+        |r| r.code == 503,
+    );
+    assert_eq!(h.json()["nodeEligible"], false, "{}", h.body);
+    assert_eq!(h.json()["healthy"], true, "{}", h.body);
+    assert_eq!(healthz(&world, "a", "/livez").code, 200);
+    assert_eq!(
+        healthz(&world, "b", "/healthz").code,
+        200,
+        "node b is not tainted"
+    );
+    let text = metrics_text(&world, "a");
+    assert!(sample::<u64>(&text, "kubeproxy_proxy_healthz_total{code=\"503\"}").unwrap() >= 1);
+
+    // Being deleted: the same.
+    let deleting =
+        "  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n  finalizers: [example.com/hold]\n";
+    world
+        .write_manifest(
+            "nodes.yaml",
+            &nodes_yaml(&world, "").replacen("  name: a\n", &format!("  name: a\n{deleting}"), 1),
+        )
+        .unwrap();
+    let h = wait_until(
+        "healthz while node a is being deleted",
+        || healthz(&world, "a", "/healthz"),
+        |r| r.code == 503 && r.json()["nodeEligible"] == false,
+    );
+    assert_eq!(h.json()["healthy"], true);
+    world
+        .write_manifest("nodes.yaml", &nodes_yaml(&world, ""))
+        .unwrap();
+    wait_until(
+        "healthz back to 200",
+        || healthz(&world, "a", "/healthz"),
+        |r| r.code == 200,
+    );
+
+    // The Service goes: its healthCheckNodePort closes.
+    std::fs::remove_file(world.manifests_dir().join("lb.yaml")).unwrap();
+    let b_hc = node_addr(&world, "b", HC_PORT);
+    wait_until(
+        "healthCheckNodePort closed",
+        || get_on(&world, "b", b_hc, "/").map(|r| r.code),
+        Option::is_none,
+    );
+
+    // SIGTERM: servers stop, the datapath stays.
+    world
+        .write_manifest(
+            "lb.yaml",
+            &(lb_yaml() + &slice_yaml(&world, "lb", &[ready("a-ep1")], None)),
+        )
+        .unwrap();
+    hc_answer(&world, "a", 200, 1);
+    let status = world.stop_agent(0).expect("SIGTERM");
+    assert!(status.success(), "kproxy exits 0 on SIGTERM: {status:?}");
+    assert!(get_on(&world, "a", node_addr(&world, "a", 10256), "/healthz").is_none());
+    assert!(get_on(&world, "a", "127.0.0.1:10249".parse().unwrap(), "/metrics").is_none());
+    assert!(get_on(&world, "a", node_addr(&world, "a", HC_PORT), "/").is_none());
+    let d = dump_on(&world, "a");
+    assert!(
+        ipv4_table(&d).present,
+        "the datapath stays after SIGTERM: {d:?}"
+    );
+    let reply = world
+        .request(
+            Client::PodA,
+            Proto::Tcp,
+            SocketAddr::new(LB_IP.parse().unwrap(), 80),
+            Duration::from_secs(3),
+        )
+        .expect("the ClusterIP still answers after SIGTERM");
+    assert_eq!(reply.name, "a-ep1");
+    world.close().expect("clean lab");
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn dump_matches_the_traffic_and_cleanup_removes_every_table() {
+    assert_root();
+    let world = World::new("opsdump", kproxy(), Mode::Nftables).expect("lab");
+    let svc = |name: &str, ip: &str, extra: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ops}}\nspec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n{extra}  ports:\n  - {{name: http, port: 80, protocol: TCP, targetPort: {TCP_PORT}{}}}\n",
+            if extra.is_empty() {
+                ""
+            } else {
+                ", nodePort: 31081"
+            }
+        )
+    };
+    let manifests = nodes_yaml(&world, "")
+        + &svc("two", "198.51.100.21", "")
+        + &slice_yaml(&world, "two", &[ready("a-ep1"), ready("b-ep1")], None)
+        + &svc("none", "198.51.100.22", "")
+        + &svc(
+            "local",
+            "198.51.100.23",
+            "  type: NodePort\n  externalTrafficPolicy: Local\n",
+        )
+        + &slice_yaml(&world, "local", &[ready("b-ep1")], None);
+    world.write_manifest("svc.yaml", &manifests).unwrap();
+    world
+        .start_agents(&["--cluster-cidr", "100.64.0.0/16"])
+        .expect("agents");
+
+    // What the conformance table checks, for these services.
+    let to = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 80);
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        let r = world
+            .request(
+                Client::PodA,
+                Proto::Tcp,
+                to("198.51.100.21"),
+                Duration::from_secs(3),
+            )
+            .expect("two answers");
+        seen.insert(r.name);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["a-ep1".to_owned(), "b-ep1".to_owned()])
+    );
+    assert!(matches!(
+        world.request(
+            Client::PodA,
+            Proto::Tcp,
+            to("198.51.100.22"),
+            Duration::from_secs(3)
+        ),
+        Err(ClientError::Refused)
+    ));
+    assert!(matches!(
+        world.request(
+            Client::X1,
+            Proto::Tcp,
+            node_addr(&world, "a", 31081),
+            Duration::from_secs(2)
+        ),
+        Err(ClientError::Timeout)
+    ));
+
+    // The dump says the same: one rejected frontend (none's ClusterIP), one dropped (local's
+    // NodePort on a), three ClusterIPs, and the endpoint lists behind the others.
+    let d = dump_on(&world, "a");
+    assert_eq!(d.mode, "nftables");
+    let t = ipv4_table(&d);
+    assert!(t.present);
+    assert_eq!(t.rejected_frontends, 1, "{t:#?}");
+    assert_eq!(t.dropped_frontends, 1, "{t:#?}");
+    assert_eq!(t.cluster_ips, 3, "{t:#?}");
+    assert!(t.load_balanced_frontends >= 2, "{t:#?}");
+    assert!(
+        t.endpoint_entries >= 3,
+        "two's 2 endpoints and local's 1: {t:#?}"
+    );
+    assert!(
+        t.sets
+            .iter()
+            .any(|(n, c)| n.starts_with("lb-n2") && *c >= 1),
+        "a two-endpoint class holds two's ClusterIP: {t:#?}"
+    );
+    let table = world
+        .node("a")
+        .exec(kproxy(), ["dump"])
+        .expect("table output");
+    assert!(table.contains("1 dropped, 1 rejected frontends"), "{table}");
+
+    // The agent down: the kernel state, and so the dump, are unchanged.
+    world.kill_agents();
+    assert_eq!(
+        dump_on(&world, "a"),
+        d,
+        "dump reads the kernel, not the agent"
+    );
+
+    // `kproxy cleanup` on a, kube-proxy's `--cleanup` on b: nothing of kproxy's is left.
+    world
+        .node("a")
+        .exec(kproxy(), ["cleanup", "--proxy-mode", "nftables"])
+        .expect("cleanup");
+    world
+        .node("b")
+        .exec(kproxy(), ["--cleanup", "--proxy-mode=nftables"])
+        .expect("--cleanup");
+    for n in ["a", "b"] {
+        let d = dump_on(&world, n);
+        assert!(d.tables.iter().all(|t| !t.present), "node {n}: {d:?}");
+        let tables = world.node(n).exec("nft", ["list", "tables"]).expect("nft");
+        assert!(!tables.contains("kproxy"), "node {n}: {tables}");
+    }
+    world.close().expect("clean lab");
+}

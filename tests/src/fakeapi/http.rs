@@ -16,11 +16,11 @@ use tokio::time::{Instant, sleep_until};
 use super::{
     RecordedRequest, Shared,
     selector::Selectors,
-    store::{Event, EventType, Gone, Kind},
+    store::{Change, Event, Gone, Kind},
 };
 
 /// The watch timeout when the client gives none; the real server picks 30 to 60 minutes.
-const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_mins(30);
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
@@ -39,15 +39,36 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Value {
     })
 }
 
-fn error(code: StatusCode, reason: &str, message: &str) -> Response {
-    (code, Json(status(code, reason, message))).into_response()
+/// A request the server refuses, answered with a `Status`.
+struct Refusal {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
 }
 
-fn bad_request(message: &str) -> Response {
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            self.code,
+            Json(status(self.code, self.reason, &self.message)),
+        )
+            .into_response()
+    }
+}
+
+fn error(code: StatusCode, reason: &'static str, message: &str) -> Refusal {
+    Refusal {
+        code,
+        reason,
+        message: message.to_owned(),
+    }
+}
+
+fn bad_request(message: &str) -> Refusal {
     error(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
 
-fn gone(message: &str) -> Response {
+fn gone(message: &str) -> Refusal {
     error(StatusCode::GONE, "Expired", message)
 }
 
@@ -64,21 +85,23 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
         params: params.as_ref().ok().cloned().unwrap_or_default(),
     });
     let Ok(params) = params else {
-        return bad_request("invalid query string");
+        return bad_request("invalid query string").into_response();
     };
     if method != Method::GET {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             "the fake only serves GET",
-        );
+        )
+        .into_response();
     }
     let Some(kind) = Kind::from_path(uri.path()) else {
         return error(
             StatusCode::NOT_FOUND,
             "NotFound",
             "the server could not find the requested resource",
-        );
+        )
+        .into_response();
     };
     let param = |name: &str| {
         params
@@ -88,7 +111,7 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
     };
     let selectors = match Selectors::parse(kind, param("labelSelector"), param("fieldSelector")) {
         Ok(selectors) => selectors,
-        Err(message) => return bad_request(&message),
+        Err(message) => return bad_request(&message).into_response(),
     };
     let request = Request {
         kind,
@@ -116,7 +139,7 @@ impl Request<'_> {
             .filter(|v| !v.is_empty())
     }
 
-    fn number(&self, name: &str) -> Result<Option<u64>, Response> {
+    fn number(&self, name: &str) -> Result<Option<u64>, Refusal> {
         self.param(name)
             .map(|v| {
                 v.parse()
@@ -134,7 +157,7 @@ struct ListSource {
     after: Option<(String, String)>,
 }
 
-fn list_source(shared: &Shared, request: &Request<'_>) -> Result<ListSource, Response> {
+fn list_source(shared: &Shared, request: &Request<'_>) -> Result<ListSource, Refusal> {
     let store = shared.store();
     let current = store.resource_version();
     let rv = request.number("resourceVersion")?;
@@ -220,15 +243,16 @@ fn list(shared: &Shared, request: &Request<'_>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
             "the fake API server fails this list as the test asked",
-        );
+        )
+        .into_response();
     }
     let limit = match request.number("limit") {
         Ok(limit) => limit.filter(|&l| l > 0),
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let source = match list_source(shared, request) {
         Ok(source) => source,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let mut selected = source
         .objects
@@ -274,26 +298,29 @@ enum Start {
 fn watch(shared: &Arc<Shared>, request: Request<'_>) -> Response {
     let timeout = match request.number("timeoutSeconds") {
         Ok(timeout) => timeout.map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs),
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let rv = match request.number("resourceVersion") {
         Ok(rv) => rv,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let bookmarks = request.param("allowWatchBookmarks") == Some("true");
     let initial_events = request.param("sendInitialEvents") == Some("true");
     let version_match = request.param("resourceVersionMatch");
     if initial_events {
         if version_match != Some("NotOlderThan") {
-            return bad_request("sendInitialEvents requires resourceVersionMatch=NotOlderThan");
+            return bad_request("sendInitialEvents requires resourceVersionMatch=NotOlderThan")
+                .into_response();
         }
         if !bookmarks {
-            return bad_request("sendInitialEvents requires allowWatchBookmarks=true");
+            return bad_request("sendInitialEvents requires allowWatchBookmarks=true")
+                .into_response();
         }
     } else if version_match.is_some() {
         return bad_request(
             "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
-        );
+        )
+        .into_response();
     }
     let start = match rv {
         _ if initial_events => Start::State { end_bookmark: true },
@@ -443,19 +470,18 @@ impl Watch {
     /// is a deletion, one that enters it an addition.
     async fn send_events(&mut self, events: &[Event]) -> Result<(), Closed> {
         for event in events {
-            let now =
-                event.event_type != EventType::Deleted && self.selectors.matches(&event.object);
+            let now = event.change != Change::Deleted && self.selectors.matches(&event.object);
             let before = event
                 .prev
                 .as_ref()
                 .is_some_and(|p| self.selectors.matches(p));
-            let event_type = match (before, now) {
-                (false, true) => EventType::Added,
-                (true, true) => EventType::Modified,
-                (true, false) => EventType::Deleted,
+            let change = match (before, now) {
+                (false, true) => Change::Added,
+                (true, true) => Change::Modified,
+                (true, false) => Change::Deleted,
                 (false, false) => continue,
             };
-            self.send(&json!({"type": event_type.wire(), "object": &*event.object}))
+            self.send(&json!({"type": change.wire(), "object": &*event.object}))
                 .await?;
         }
         Ok(())

@@ -54,7 +54,7 @@ pub use self::store::{ApplyError, Kind};
 
 /// Interval of the BOOKMARK events a watch with `allowWatchBookmarks` gets, like the
 /// real server's (about a minute), unless a test sets another.
-const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_mins(1);
 
 /// How long [`FakeApiServer::restart`] retries to listen on its old port.
 const REBIND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -150,7 +150,7 @@ mod tests {
 
     use super::*;
 
-    fn svc(labels: Value, cluster_ip: &str) -> Value {
+    fn svc(labels: &Value, cluster_ip: &str) -> Value {
         json!({"kind": "Service", "metadata": {"name": "a", "namespace": "ns", "labels": labels},
                "spec": {"clusterIP": cluster_ip}})
     }
@@ -163,17 +163,17 @@ mod tests {
             Some("spec.clusterIP!=None"),
         )
         .unwrap();
-        assert!(sel.matches(&svc(json!({"app": "x"}), "10.0.0.1")));
-        assert!(sel.matches(&svc(Value::Null, "10.0.0.1")));
+        assert!(sel.matches(&svc(&json!({"app": "x"}), "10.0.0.1")));
+        assert!(sel.matches(&svc(&Value::Null, "10.0.0.1")));
         assert!(!sel.matches(&svc(
-            json!({"service.kubernetes.io/headless": ""}),
+            &json!({"service.kubernetes.io/headless": ""}),
             "10.0.0.1"
         )));
         assert!(!sel.matches(&svc(
-            json!({"service.kubernetes.io/service-proxy-name": "x"}),
+            &json!({"service.kubernetes.io/service-proxy-name": "x"}),
             "1.1.1.1"
         )));
-        assert!(!sel.matches(&svc(Value::Null, "None")));
+        assert!(!sel.matches(&svc(&Value::Null, "None")));
 
         let named = Selectors::parse(
             Kind::Service,
@@ -182,18 +182,18 @@ mod tests {
         )
         .unwrap();
         assert!(named.matches(&svc(
-            json!({"service.kubernetes.io/service-proxy-name": "mine"}),
+            &json!({"service.kubernetes.io/service-proxy-name": "mine"}),
             ""
         )));
         assert!(!named.matches(&svc(
-            json!({"service.kubernetes.io/service-proxy-name": "other"}),
+            &json!({"service.kubernetes.io/service-proxy-name": "other"}),
             ""
         )));
-        assert!(!named.matches(&svc(Value::Null, "")));
+        assert!(!named.matches(&svc(&Value::Null, "")));
 
         let not_equal = Selectors::parse(Kind::Service, Some("app!=x"), None).unwrap();
-        assert!(not_equal.matches(&svc(Value::Null, "")));
-        assert!(!not_equal.matches(&svc(json!({"app": "x"}), "")));
+        assert!(not_equal.matches(&svc(&Value::Null, "")));
+        assert!(!not_equal.matches(&svc(&json!({"app": "x"}), "")));
     }
 
     #[test]

@@ -82,13 +82,13 @@ pub(crate) type Objects = BTreeMap<Key, Arc<Value>>;
 
 /// The type of a watch event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EventType {
+pub(crate) enum Change {
     Added,
     Modified,
     Deleted,
 }
 
-impl EventType {
+impl Change {
     pub(crate) fn wire(self) -> &'static str {
         match self {
             Self::Added => "ADDED",
@@ -106,7 +106,7 @@ pub(crate) struct Event {
     pub(crate) rv: u64,
     pub(crate) kind: Kind,
     pub(crate) key: Key,
-    pub(crate) event_type: EventType,
+    pub(crate) change: Change,
     /// The object after the event; for a deletion, the last state with the deletion's
     /// resourceVersion, as the real server sends it.
     pub(crate) object: Arc<Value>,
@@ -237,16 +237,16 @@ impl Store {
             .entry(kind)
             .or_default()
             .insert(key.clone(), object.clone());
-        let event_type = if prev.is_some() {
-            EventType::Modified
+        let change = if prev.is_some() {
+            Change::Modified
         } else {
-            EventType::Added
+            Change::Added
         };
         self.record(Event {
             rv: self.rv,
             kind,
             key,
-            event_type,
+            change,
             object,
             prev,
         });
@@ -267,7 +267,7 @@ impl Store {
             rv: self.rv,
             kind,
             key,
-            event_type: EventType::Deleted,
+            change: Change::Deleted,
             object: Arc::new(last),
             prev: Some(prev),
         });

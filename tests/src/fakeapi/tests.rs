@@ -177,8 +177,8 @@ async fn streaming_lists_end_with_the_initial_events_bookmark() {
     let fake = FakeApiServer::start();
     fake.apply(service("a", "198.51.100.1"));
     let api: Api<Service> = Api::all(client(&fake));
-    let params = WatchParams::default().streaming_lists().timeout(1);
-    let events = collect_watch(&api, &params, "").await;
+    let params = WatchParams::streaming_lists().timeout(1);
+    let events = collect_watch(&api, &params, "0").await;
     assert_eq!(describe(&events[..1]), ["ADDED a"]);
     let WatchEvent::Bookmark(end) = &events[1] else {
         panic!("{:?}", describe(&events))

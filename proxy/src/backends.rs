@@ -28,6 +28,7 @@ pub fn open(args: &RunArgs) -> Result<Box<dyn Dataplane>> {
                     None => mounts::cgroup2_root()?,
                 },
                 bpffs: mounts::ensure_bpffs(&args.bpffs)?,
+                devices: args.devices.clone(),
             };
             let dp = BpfDataplane::new(&config).context("loading the eBPF dataplane")?;
             Ok(Box::new(Bpf(dp)))

@@ -636,8 +636,8 @@ mod tests {
             ObjectKey::new("ns", "old"),
             slice("old", "2001-01-01T00:00:00Z"),
         );
-        obs.snapshot(&state);
-        obs.snapshot(&state.clone());
+        obs.snapshot(&state, &Changes::All);
+        obs.snapshot(&state.clone(), &Changes::All);
         assert_eq!(
             m.service_changes.get(),
             1,
@@ -655,11 +655,11 @@ mod tests {
         state
             .slices
             .insert(ObjectKey::new("ns", "new"), slice("new", "garbage"));
-        obs.snapshot(&state);
+        obs.snapshot(&state, &Changes::All);
         assert_eq!(m.endpoint_changes.get(), 3);
         assert_eq!(obs.pending_triggers.len(), 1);
         state.slices.clear();
-        obs.snapshot(&state);
+        obs.snapshot(&state, &Changes::All);
         assert_eq!(m.endpoint_changes.get(), 5, "removals count");
         obs.synced(
             Some(false),

@@ -424,6 +424,7 @@ fn validated(object: ManifestObject, node_name: &str) -> Result<Option<Doc>, (St
 mod tests {
     use super::*;
 
+    // Names are not y/n/yes/no...: YAML 1.1 reads those as booleans, as kubectl's parser does.
     fn svc(name: &str, ip: &str) -> String {
         format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\nspec: {{clusterIP: {ip}, clusterIPs: [{ip}], ports: [{{port: 80}}]}}\n"
@@ -450,7 +451,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kproxy-manifests-unit-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let file = dir.join("a.yaml");
-        let text = |ep: &str| format!("{}{}{}{}", svc("x", "198.51.100.1"), slice("x", "100.64.1.1"), svc("y", "198.51.100.2"), slice("y", ep));
+        let text = |ep: &str| format!("{}{}{}{}", svc("p", "198.51.100.1"), slice("p", "100.64.1.1"), svc("q", "198.51.100.2"), slice("q", ep));
         fs::write(&file, text("100.64.1.2")).unwrap();
         let mut src = ManifestsSource::new(&dir, "n").unwrap();
         assert_eq!(changes(&mut src), Changes::All, "the first snapshot says everything changed");
@@ -459,26 +460,28 @@ mod tests {
         // One slice of a big file changes: only that slice is reported; the other objects
         // keep their Arcs.
         let before = src.snapshot_changes().unwrap().0;
-        fs::write(&file, text("100.64.1.3 ")).unwrap();
-        // Same length as before would keep the size; force a new fingerprint via mtime too.
+        fs::write(&file, text("100.64.1.9")).unwrap();
+        // Same length as before: the size stays, and the mtime may too within its
+        // granularity, so forget the fingerprint.
         src.files.get_mut(&file).unwrap().fingerprint = (0, 0, 0);
-        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&[]), slices: keys(&["y-1"]), node: false });
+        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&[]), slices: keys(&["q-1"]), node: false });
         let after = src.snapshot_changes().unwrap().0;
-        assert!(Arc::ptr_eq(&before.services[&ObjectKey::new("t", "x")], &after.services[&ObjectKey::new("t", "x")]));
-        assert!(!Arc::ptr_eq(&before.slices[&ObjectKey::new("t", "y-1")], &after.slices[&ObjectKey::new("t", "y-1")]));
+        assert!(Arc::ptr_eq(&before.services[&ObjectKey::new("t", "p")], &after.services[&ObjectKey::new("t", "p")]));
+        assert!(!Arc::ptr_eq(&before.slices[&ObjectKey::new("t", "q-1")], &after.slices[&ObjectKey::new("t", "q-1")]));
 
         // A second file defining x again: the later file wins, x changes.
-        fs::write(dir.join("b.yaml"), svc("x", "198.51.100.9")).unwrap();
-        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["x"]), slices: keys(&[]), node: false });
-        assert_eq!(src.snapshot().unwrap().services[&ObjectKey::new("t", "x")].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("198.51.100.9"));
+        fs::write(dir.join("b.yaml"), svc("p", "198.51.100.9")).unwrap();
+        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["p"]), slices: keys(&[]), node: false });
+        assert_eq!(src.snapshot().unwrap().services[&ObjectKey::new("t", "p")].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("198.51.100.9"));
         // Removing it brings a.yaml's x back.
         fs::remove_file(dir.join("b.yaml")).unwrap();
-        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["x"]), slices: keys(&[]), node: false });
-        assert_eq!(src.snapshot().unwrap().services[&ObjectKey::new("t", "x")].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("198.51.100.1"));
+        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["p"]), slices: keys(&[]), node: false });
+        assert_eq!(src.snapshot().unwrap().services[&ObjectKey::new("t", "p")].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("198.51.100.1"));
 
         // Removing the file removes everything it defined.
+        assert_eq!(src.snapshot().unwrap().services.len(), 2);
         fs::remove_file(&file).unwrap();
-        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["x", "y"]), slices: keys(&["x-1", "y-1"]), node: false });
+        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["p", "q"]), slices: keys(&["p-1", "q-1"]), node: false });
         let state = src.snapshot().unwrap();
         assert!(state.services.is_empty() && state.slices.is_empty());
         fs::remove_dir_all(&dir).unwrap();

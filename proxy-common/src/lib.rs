@@ -22,18 +22,6 @@
 //! (`_V1`): a layout change gets new pins instead of misreading old ones.
 #![no_std]
 
-/// Name of the counter map the probe program increments: proof that the embedded object
-/// loads and runs.
-pub const PROBE_COUNTER_MAP: &str = "KPROXY_PROBE";
-
-/// Value of the probe counter map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProbeCounter {
-    /// Packets seen.
-    pub packets: u64,
-}
-
 /// An address in the maps: 16 bytes, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`). Each word
 /// holds four address bytes in memory order, i.e. network byte order, as
 /// `bpf_sock_addr.user_ip6` does; so `words[3]` of a mapped IPv4 address equals
@@ -130,6 +118,11 @@ pub const FLAG_DROP: u16 = 1 << 1;
 /// leave it alone (the client's source address is not known at `connect` time); the
 /// packet is handled by whatever serves the LB IP on the wire.
 pub const FLAG_SOURCE_RANGES: u16 = 1 << 2;
+/// Frontend flag: external traffic to this frontend is masqueraded (eTP Cluster): the tc
+/// programs SNAT the client to the node's address towards the backend, so replies come
+/// back through this node. Socket programs ignore it (a local socket's source is already
+/// the node's or the pod's own).
+pub const FLAG_MASQUERADE: u16 = 1 << 3;
 /// Frontend flag: the frontend is a ClusterIP.
 pub const FLAG_CLUSTER_IP: u16 = 1 << 8;
 /// Frontend flag: the frontend is an externalIP.
@@ -235,6 +228,71 @@ pub struct RevSockValue {
     pub service_id: u32,
 }
 
+/// Key of [`MAP_NAT_FWD`] and [`MAP_NAT_REV`]: a packet's 5-tuple as it is on the wire
+/// (addresses IPv4-mapped, ports in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    /// Source address.
+    pub saddr: Addr,
+    /// Destination address.
+    pub daddr: Addr,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IANA protocol number.
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 3],
+}
+
+/// Value of [`MAP_NAT_FWD`] and [`MAP_NAT_REV`]: what a packet of the flow is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatValue {
+    /// New source address.
+    pub saddr: Addr,
+    /// New destination address.
+    pub daddr: Addr,
+    /// New source port.
+    pub sport: u16,
+    /// New destination port.
+    pub dport: u16,
+    /// `NAT_*` flags.
+    pub flags: u32,
+}
+
+/// [`NatValue::flags`]: after the rewrite the packet's source is (or may be) an address
+/// of this node, which the kernel's input routing would drop as a martian: the program
+/// forwards it itself (FIB lookup and redirect to the neighbour).
+pub const NAT_REDIRECT: u32 = 1 << 0;
+
+/// Data of a [`MAP_SOURCE_RANGES`] key (the LPM trie key is `{prefix_len, data}`). The
+/// prefix length covers the 32 bits of `service_id` plus the address bits, so each
+/// service has its own subtree (Cilium's layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceRange {
+    /// [`ServiceValue::service_id`] of the LoadBalancer frontend entry, in network byte
+    /// order (LPM tries match bytes from the first).
+    pub service_id_be: u32,
+    /// The allowed prefix, IPv4-mapped for IPv4 ranges.
+    pub addr: Addr,
+}
+
+/// Key of [`MAP_TC_AFFINITY`]: ClientIP affinity for traffic from outside, by client address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcAffinityKey {
+    /// The client's address.
+    pub addr: Addr,
+    /// [`ServiceValue::service_id`] of the frontend entry that was used.
+    pub service_id: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+}
+
 /// Value of [`MAP_CONFIG`] (an array with one element, index 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -259,8 +317,19 @@ pub mod counter {
     pub const AFFINITY_HIT: u32 = 4;
     /// recvmsg/getpeername showed the service address instead of the backend's.
     pub const REVERSED: u32 = 5;
+    /// tc: a packet from outside to an external frontend started a translated flow.
+    pub const TC_TRANSLATED: u32 = 6;
+    /// tc: a packet to a rejecting frontend was answered with ICMP port unreachable.
+    pub const TC_REJECTED: u32 = 7;
+    /// tc: a packet was dropped (drop verdict, or outside `loadBalancerSourceRanges`).
+    pub const TC_DROPPED: u32 = 8;
+    /// tc: a reply was translated back to the frontend.
+    pub const TC_REVERSED: u32 = 9;
+    /// tc: a flow could not be set up (slot or backend missing, no free SNAT port, no
+    /// route to the backend); the packet was dropped. Must stay 0.
+    pub const TC_FAILED: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 11;
 }
 
 /// Value of [`MAP_COUNTERS`] (per CPU).
@@ -284,8 +353,19 @@ pub const MAP_AFFINITY_MATCH: &str = "KP_AFF_MATCH_V1";
 pub const MAP_REV_SOCK: &str = "KP_REV_SOCK_V1";
 /// Agent-provided settings (`u32` 0 → [`Config`]); array.
 pub const MAP_CONFIG: &str = "KP_CONFIG_V1";
-/// Per-CPU decision counters (`u32` from [`counter`] → [`Counter`]).
-pub const MAP_COUNTERS: &str = "KP_COUNTERS_V1";
+/// Per-CPU decision counters (`u32` from [`counter`] → [`Counter`]). `_V2`: the tc
+/// counters made it longer.
+pub const MAP_COUNTERS: &str = "KP_COUNTERS_V2";
+/// tc flow state, original direction ([`NatKey`] of a client's packet → [`NatValue`]);
+/// LRU, so later packets of a flow follow its first.
+pub const MAP_NAT_FWD: &str = "KP_NAT_FWD_V1";
+/// tc flow state, reply direction ([`NatKey`] of a backend's reply → [`NatValue`] that
+/// restores the frontend and the client); LRU.
+pub const MAP_NAT_REV: &str = "KP_NAT_REV_V1";
+/// `loadBalancerSourceRanges` (LPM trie: `{prefix_len, SourceRange}` → `u32`, always 1).
+pub const MAP_SOURCE_RANGES: &str = "KP_SRC_RANGES_V1";
+/// ClientIP affinity of tc flows ([`TcAffinityKey`] → [`AffinityValue`]); LRU.
+pub const MAP_TC_AFFINITY: &str = "KP_TC_AFFINITY_V1";
 
 /// Capacity of [`MAP_SERVICES`]: frontends plus slots (Cilium's default is 64k; kproxy
 /// aims at 100k service ports).
@@ -298,6 +378,13 @@ pub const AFFINITY_MAX: u32 = 1 << 16;
 pub const AFFINITY_MATCH_MAX: u32 = 1 << 18;
 /// Capacity of [`MAP_REV_SOCK`]: one entry per live translated socket and backend.
 pub const REV_SOCK_MAX: u32 = 1 << 18;
+
+/// Capacity of [`MAP_NAT_FWD`] and [`MAP_NAT_REV`]: flows from outside tracked at once.
+pub const NAT_MAX: u32 = 1 << 18;
+/// Capacity of [`MAP_SOURCE_RANGES`].
+pub const SOURCE_RANGES_MAX: u32 = 1 << 16;
+/// Capacity of [`MAP_TC_AFFINITY`].
+pub const TC_AFFINITY_MAX: u32 = 1 << 16;
 
 /// `BPF_F_NO_PREALLOC`.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -313,6 +400,8 @@ pub enum MapKind {
     Array,
     /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
     PerCpuArray,
+    /// `BPF_MAP_TYPE_LPM_TRIE`.
+    LpmTrie,
 }
 
 /// One map of the datapath, as data: what the eBPF side declares and what userspace pins,
@@ -338,7 +427,7 @@ const fn size<T>() -> u32 {
 }
 
 /// Every map kproxy pins.
-pub const MAPS: [MapSpec; 7] = [
+pub const MAPS: [MapSpec; 11] = [
     MapSpec {
         name: MAP_SERVICES,
         kind: MapKind::Hash,
@@ -388,6 +477,34 @@ pub const MAPS: [MapSpec; 7] = [
         value_size: size::<Counter>(),
         max_entries: counter::COUNT,
     },
+    MapSpec {
+        name: MAP_NAT_FWD,
+        kind: MapKind::LruHash,
+        key_size: size::<NatKey>(),
+        value_size: size::<NatValue>(),
+        max_entries: NAT_MAX,
+    },
+    MapSpec {
+        name: MAP_NAT_REV,
+        kind: MapKind::LruHash,
+        key_size: size::<NatKey>(),
+        value_size: size::<NatValue>(),
+        max_entries: NAT_MAX,
+    },
+    MapSpec {
+        name: MAP_SOURCE_RANGES,
+        kind: MapKind::LpmTrie,
+        key_size: size::<u32>() + size::<SourceRange>(),
+        value_size: size::<u32>(),
+        max_entries: SOURCE_RANGES_MAX,
+    },
+    MapSpec {
+        name: MAP_TC_AFFINITY,
+        kind: MapKind::LruHash,
+        key_size: size::<TcAffinityKey>(),
+        value_size: size::<AffinityValue>(),
+        max_entries: TC_AFFINITY_MAX,
+    },
 ];
 
 /// Names of the socket programs and their hooks, in attach order.
@@ -402,15 +519,25 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
     "kp_getpeername6",
 ];
 
+/// The tc program for traffic arriving on the external devices (`--devices`): new flows
+/// to NodePorts, LB IPs and externalIPs, later packets of them, and replies of remote
+/// backends to SNAT'd flows.
+pub const TC_EXTERNAL_INGRESS: &str = "kp_tc_ingress";
+/// The tc program for traffic leaving the external devices: replies of backends on this
+/// node's own network namespace (hostNetwork endpoints) to unmasqueraded flows.
+pub const TC_EXTERNAL_EGRESS: &str = "kp_tc_egress";
+/// The tc program for traffic arriving on every other device (pod veths): replies of
+/// local backends.
+pub const TC_POD_INGRESS: &str = "kp_tc_from_pod";
+
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counter, ProbeCounter,
-        RevSockKey, RevSockValue, ServiceKey, ServiceValue,
+        AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counter, NatKey, NatValue,
+        RevSockKey, RevSockValue, ServiceKey, ServiceValue, SourceRange, TcAffinityKey,
     };
     // SAFETY (all): repr(C), Copy, integers only with explicit padding: every bit pattern
     // is valid and there are no uninitialised bytes.
-    unsafe impl aya::Pod for ProbeCounter {}
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for Backend {}
@@ -421,6 +548,10 @@ mod pod {
     unsafe impl aya::Pod for RevSockValue {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatValue {}
+    unsafe impl aya::Pod for SourceRange {}
+    unsafe impl aya::Pod for TcAffinityKey {}
 }
 
 #[cfg(test)]
@@ -437,6 +568,10 @@ mod tests {
         assert_eq!(size::<AffinityValue>(), 16);
         assert_eq!(size::<RevSockKey>(), 32);
         assert_eq!(size::<RevSockValue>(), 24);
+        assert_eq!(size::<NatKey>(), 40);
+        assert_eq!(size::<NatValue>(), 40);
+        assert_eq!(size::<SourceRange>(), 20);
+        assert_eq!(size::<TcAffinityKey>(), 24);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Builds `proxy-ebpf` for the BPF target with aya-build and leaves the object in
-//! `OUT_DIR/kproxy`, where `src/ebpf_object.rs` embeds it.
+//! `OUT_DIR/kproxy`, where `src/object.rs` embeds it.
 //!
 //! Needs the nightly toolchain with `rust-src` and a `bpf-linker`; `cargo xtask setup`
 //! installs both. bpf-linker is looked up on `PATH`, then where setup installs it.

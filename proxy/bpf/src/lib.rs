@@ -1,13 +1,17 @@
 //! kproxy's eBPF dataplane, userspace side.
 //!
 //! [`BpfDataplane`] loads the embedded object ([`object::EBPF_OBJECT`]), attaches its
-//! socket load-balancing programs to a cgroup, pins everything under a bpffs so the
+//! socket load-balancing programs to a cgroup and its tc programs (traffic from outside to
+//! NodePorts, LB IPs and externalIPs) to the node's devices, pins everything under a bpffs so the
 //! programs keep working while no agent runs, and keeps the maps at the model's state.
 //!
-//! Modules: `loader` (load, pin, attach, take over, clean up), `maps` (the only code that
+//! Modules: `loader` (load, pin, attach, take over, clean up), `devices` (which devices
+//! get which tc program, kept up to date as pods come and go), `maps` (the only code that
 //! touches map contents, behind a trait with an in-memory fake), `reconcile` (model → map
-//! operations, make-before-break, stable ids).
+//! operations, make-before-break, stable ids). The map layout, the reject/drop errors and
+//! the restart sequence are described in this crate's `README.md`.
 
+mod devices;
 mod loader;
 pub mod maps;
 pub mod object;
@@ -15,6 +19,7 @@ mod reconcile;
 
 use std::{
     io,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -103,6 +108,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The network devices could not be listed, or their namespace entered.
+    #[error("listing the network devices")]
+    Devices {
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// The namespace cookie of the agent's network namespace could not be read.
     #[error("reading the network namespace cookie")]
     NetnsCookie {
@@ -120,6 +132,13 @@ pub struct BpfConfig {
     pub cgroup_path: PathBuf,
     /// A mounted bpffs; kproxy pins under `<bpffs>/kproxy/`.
     pub bpffs: PathBuf,
+    /// The devices traffic from outside arrives on (`--devices`), which get the tc
+    /// programs for NodePorts, LB IPs and externalIPs. Empty: every non-loopback device
+    /// holding an address that is not link-local, found when the dataplane is created
+    /// (the node's addresses, and so its NodePort addresses, live there). Every other
+    /// Ethernet device (pod veths) gets the program that translates local backends'
+    /// replies.
+    pub devices: Vec<String>,
 }
 
 /// The eBPF dataplane: programs attached, maps pinned, reconciler in memory.
@@ -132,16 +151,24 @@ pub struct BpfConfig {
 /// Dropping it leaves everything attached and pinned: a new instance takes over without
 /// a gap. [`BpfDataplane::cleanup`] removes it all.
 pub struct BpfDataplane {
-    /// Holds the loaded programs' fds; the pinned links keep them attached regardless.
-    _ebpf: aya::Ebpf,
+    /// Holds the loaded programs' fds (the pinned links keep them attached regardless),
+    /// and attaches the tc programs to devices that appear later.
+    ebpf: aya::Ebpf,
     maps: maps::KernelMaps,
     reconciler: Reconciler,
+    bpffs: PathBuf,
+    /// The network namespace the dataplane serves (the creator's).
+    netns: OwnedFd,
+    /// The external devices.
+    devices: Vec<String>,
+    attached: devices::Attached,
 }
 
 impl std::fmt::Debug for BpfDataplane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BpfDataplane")
             .field("frontends", &self.reconciler.frontend_count())
+            .field("devices", &self.devices)
             .finish_non_exhaustive()
     }
 }
@@ -152,28 +179,69 @@ impl BpfDataplane {
     /// content until the first sync; the first sync (full or partial) is a full one.
     pub fn new(config: &BpfConfig) -> Result<Self, Error> {
         let host_netns_cookie = loader::current_netns_cookie()?;
+        let netns_path = Path::new("/proc/thread-self/ns/net");
+        let netns: OwnedFd = std::fs::File::open(netns_path)
+            .map_err(|source| Error::Io {
+                action: "opening",
+                path: netns_path.to_owned(),
+                source,
+            })?
+            .into();
+        let devices = if config.devices.is_empty() {
+            devices::default_devices()?
+        } else {
+            config.devices.clone()
+        };
         let loader::Loaded { ebpf, mut maps } =
             loader::load_and_attach(&config.bpffs, &config.cgroup_path)?;
-        maps.set_config(&Config { host_netns_cookie })
+        maps.set_config(Config { host_netns_cookie })
             .map_err(|source| Error::Sync { source })?;
         let reconciler =
             Reconciler::recover(&maps, Instant::now()).map_err(|source| Error::Sync { source })?;
+        let mut dp = BpfDataplane {
+            ebpf,
+            maps,
+            reconciler,
+            bpffs: config.bpffs.clone(),
+            netns,
+            devices,
+            attached: devices::Attached::default(),
+        };
+        dp.attach_devices()?;
         tracing::info!(
             bpffs = %config.bpffs.display(),
             cgroup = %config.cgroup_path.display(),
-            recovered_frontends = reconciler.frontend_count(),
+            devices = ?dp.devices,
+            recovered_frontends = dp.reconciler.frontend_count(),
             "eBPF dataplane attached"
         );
-        Ok(BpfDataplane {
-            _ebpf: ebpf,
-            maps,
-            reconciler,
-        })
+        Ok(dp)
+    }
+
+    /// Attaches the tc programs to devices that appeared since the last call (pod veths),
+    /// and forgets those that went away. Runs before every sync, so a new pod's veth has
+    /// its reply program before its endpoint can be chosen.
+    fn attach_devices(&mut self) -> Result<(), Error> {
+        let Self {
+            ebpf,
+            bpffs,
+            netns,
+            devices,
+            attached,
+            ..
+        } = self;
+        devices::in_netns(netns, || attached.refresh(ebpf, bpffs, devices))
+    }
+
+    /// The external devices the tc programs serve.
+    pub fn devices(&self) -> &[String] {
+        &self.devices
     }
 
     /// Writes every difference between the maps and `model`, and removes everything the
     /// model does not have.
     pub fn sync_full(&mut self, model: &ProxyModel) -> Result<SyncStats, Error> {
+        self.attach_devices()?;
         let stats = self
             .reconciler
             .sync_full(&mut self.maps, model, Instant::now())
@@ -189,6 +257,7 @@ impl BpfDataplane {
         model: &ProxyModel,
         diff: &ModelDiff,
     ) -> Result<SyncStats, Error> {
+        self.attach_devices()?;
         let stats = self
             .reconciler
             .sync_partial(&mut self.maps, model, diff, Instant::now())

@@ -6,6 +6,8 @@
 //! <bpffs>/kproxy/maps/<MAP>     every map of kproxy_common::MAPS, reused by the next agent
 //! <bpffs>/kproxy/links/<prog>   one cgroup link per socket program: keeps it attached
 //!                               while no agent runs
+//! <bpffs>/kproxy/links/tc-<prog>-<device>   one TCX link per tc program and device
+//!                               (see `devices`)
 //! ```
 //!
 //! # Restart
@@ -26,9 +28,13 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, MapType},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink, links::PinnedLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, links::FdLink, links::PinnedLink,
+    },
 };
-use kproxy_common::{MAPS, MapKind, SOCK_PROGRAMS};
+use kproxy_common::{
+    MAPS, MapKind, SOCK_PROGRAMS, TC_EXTERNAL_EGRESS, TC_EXTERNAL_INGRESS, TC_POD_INGRESS,
+};
 
 use crate::{Error, maps::KernelMaps, object::EBPF_OBJECT};
 
@@ -41,11 +47,11 @@ fn maps_dir(bpffs: &Path) -> PathBuf {
     pin_root(bpffs).join("maps")
 }
 
-fn links_dir(bpffs: &Path) -> PathBuf {
+pub(crate) fn links_dir(bpffs: &Path) -> PathBuf {
     pin_root(bpffs).join("links")
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+pub(crate) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
     let path = path.to_owned();
     move |source| Error::Io {
         action,
@@ -60,6 +66,7 @@ fn expected_type(kind: MapKind) -> MapType {
         MapKind::LruHash => MapType::LruHash,
         MapKind::Array => MapType::Array,
         MapKind::PerCpuArray => MapType::PerCpuArray,
+        MapKind::LpmTrie => MapType::LpmTrie,
     }
 }
 
@@ -164,6 +171,17 @@ pub(crate) fn load_and_attach(bpffs: &Path, cgroup: &Path) -> Result<Loaded, Err
         drop(old);
         tracing::debug!(program = name, cgroup = %cgroup.display(), fd = cgroup_file.as_raw_fd(), "attached");
     }
+    // tc programs are loaded here and attached per device by `devices`.
+    for name in [TC_EXTERNAL_INGRESS, TC_EXTERNAL_EGRESS, TC_POD_INGRESS] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingInObject { name })?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| Error::Program { name, source })?;
+    }
     let maps = KernelMaps {
         services: take(&mut ebpf, kproxy_common::MAP_SERVICES, TryFrom::try_from)?,
         backends: take(&mut ebpf, kproxy_common::MAP_BACKENDS, TryFrom::try_from)?,
@@ -174,6 +192,11 @@ pub(crate) fn load_and_attach(bpffs: &Path, cgroup: &Path) -> Result<Loaded, Err
         )?,
         config: take(&mut ebpf, kproxy_common::MAP_CONFIG, TryFrom::try_from)?,
         counters: take(&mut ebpf, kproxy_common::MAP_COUNTERS, TryFrom::try_from)?,
+        source_ranges: take(
+            &mut ebpf,
+            kproxy_common::MAP_SOURCE_RANGES,
+            TryFrom::try_from,
+        )?,
     };
     Ok(Loaded { ebpf, maps })
 }

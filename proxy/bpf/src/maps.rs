@@ -6,10 +6,14 @@
 
 use std::io;
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key as LpmKey};
 use kproxy_common::{
-    AffinityMatchKey, Backend, Config, Counter, ServiceKey, ServiceValue, counter,
+    AffinityMatchKey, Backend, Config, Counter, ServiceKey, ServiceValue, SourceRange, counter,
 };
+
+/// One `loadBalancerSourceRanges` entry: the LPM prefix length (service id bits
+/// included) and the key data.
+pub(crate) type RangeEntry = (u32, SourceRange);
 
 /// A map operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +39,12 @@ pub(crate) trait LbMaps {
     fn backend_update(&mut self, id: u32, value: &Backend) -> Result<(), MapsError>;
     fn backend_delete(&mut self, id: u32) -> Result<(), MapsError>;
     fn backends(&self) -> Result<Vec<(u32, Backend)>, MapsError>;
-    fn affinity_match_update(&mut self, key: &AffinityMatchKey) -> Result<(), MapsError>;
-    fn affinity_match_delete(&mut self, key: &AffinityMatchKey) -> Result<(), MapsError>;
+    fn affinity_match_update(&mut self, key: AffinityMatchKey) -> Result<(), MapsError>;
+    fn affinity_match_delete(&mut self, key: AffinityMatchKey) -> Result<(), MapsError>;
     fn affinity_matches(&self) -> Result<Vec<AffinityMatchKey>, MapsError>;
+    fn source_range_update(&mut self, entry: RangeEntry) -> Result<(), MapsError>;
+    fn source_range_delete(&mut self, entry: RangeEntry) -> Result<(), MapsError>;
+    fn source_ranges(&self) -> Result<Vec<RangeEntry>, MapsError>;
 }
 
 /// The real maps, taken out of the loaded object (and pinned).
@@ -47,6 +54,7 @@ pub(crate) struct KernelMaps {
     pub(crate) affinity_match: HashMap<MapData, AffinityMatchKey, u32>,
     pub(crate) config: Array<MapData, Config>,
     pub(crate) counters: PerCpuArray<MapData, Counter>,
+    pub(crate) source_ranges: LpmTrie<MapData, SourceRange, u32>,
 }
 
 fn is_missing(e: &MapError) -> bool {
@@ -70,7 +78,7 @@ fn idempotent(r: Result<(), MapError>) -> Result<(), MapError> {
 
 impl KernelMaps {
     /// Writes the agent's settings for the programs.
-    pub(crate) fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
+    pub(crate) fn set_config(&mut self, config: Config) -> Result<(), MapsError> {
         self.config
             .set(0, config, 0)
             .map_err(wrap("update", kproxy_common::MAP_CONFIG))
@@ -125,14 +133,14 @@ impl LbMaps for KernelMaps {
             .map_err(wrap("dump", kproxy_common::MAP_BACKENDS))
     }
 
-    fn affinity_match_update(&mut self, key: &AffinityMatchKey) -> Result<(), MapsError> {
+    fn affinity_match_update(&mut self, key: AffinityMatchKey) -> Result<(), MapsError> {
         self.affinity_match
             .insert(key, 1, 0)
             .map_err(wrap("update", kproxy_common::MAP_AFFINITY_MATCH))
     }
 
-    fn affinity_match_delete(&mut self, key: &AffinityMatchKey) -> Result<(), MapsError> {
-        idempotent(self.affinity_match.remove(key))
+    fn affinity_match_delete(&mut self, key: AffinityMatchKey) -> Result<(), MapsError> {
+        idempotent(self.affinity_match.remove(&key))
             .map_err(wrap("delete", kproxy_common::MAP_AFFINITY_MATCH))
     }
 
@@ -142,6 +150,25 @@ impl LbMaps for KernelMaps {
             .collect::<Result<_, _>>()
             .map_err(wrap("dump", kproxy_common::MAP_AFFINITY_MATCH))
     }
+
+    fn source_range_update(&mut self, (len, data): RangeEntry) -> Result<(), MapsError> {
+        self.source_ranges
+            .insert(&LpmKey::new(len, data), 1, 0)
+            .map_err(wrap("update", kproxy_common::MAP_SOURCE_RANGES))
+    }
+
+    fn source_range_delete(&mut self, (len, data): RangeEntry) -> Result<(), MapsError> {
+        idempotent(self.source_ranges.remove(&LpmKey::new(len, data)))
+            .map_err(wrap("delete", kproxy_common::MAP_SOURCE_RANGES))
+    }
+
+    fn source_ranges(&self) -> Result<Vec<RangeEntry>, MapsError> {
+        self.source_ranges
+            .keys()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<_, _>>()
+            .map_err(wrap("dump", kproxy_common::MAP_SOURCE_RANGES))
+    }
 }
 
 #[cfg(test)]
@@ -150,7 +177,7 @@ pub(crate) mod fake {
 
     use std::collections::{BTreeMap, BTreeSet};
 
-    use super::{LbMaps, MapError, MapsError};
+    use super::{LbMaps, MapError, MapsError, RangeEntry};
     use kproxy_common::{AffinityMatchKey, Backend, ServiceKey, ServiceValue};
 
     /// Operations performed, by kind.
@@ -162,6 +189,8 @@ pub(crate) mod fake {
         pub(crate) backend_deletes: usize,
         pub(crate) match_updates: usize,
         pub(crate) match_deletes: usize,
+        pub(crate) range_updates: usize,
+        pub(crate) range_deletes: usize,
     }
 
     impl Ops {
@@ -172,6 +201,8 @@ pub(crate) mod fake {
                 + self.backend_deletes
                 + self.match_updates
                 + self.match_deletes
+                + self.range_updates
+                + self.range_deletes
         }
     }
 
@@ -189,6 +220,7 @@ pub(crate) mod fake {
         pub(crate) services: BTreeMap<ServiceKey, ServiceValue>,
         pub(crate) backends: BTreeMap<u32, Backend>,
         pub(crate) matches: BTreeSet<AffinityMatchKey>,
+        pub(crate) ranges: BTreeSet<RangeEntry>,
         pub(crate) ops: Ops,
         pub(crate) events: Vec<Event>,
         /// Fail every operation once this many more have succeeded.
@@ -256,22 +288,40 @@ pub(crate) mod fake {
             Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
         }
 
-        fn affinity_match_update(&mut self, key: &AffinityMatchKey) -> Result<(), MapsError> {
+        fn affinity_match_update(&mut self, key: AffinityMatchKey) -> Result<(), MapsError> {
             self.step("affinity_match")?;
             self.ops.match_updates += 1;
-            self.matches.insert(*key);
+            self.matches.insert(key);
             Ok(())
         }
 
-        fn affinity_match_delete(&mut self, key: &AffinityMatchKey) -> Result<(), MapsError> {
+        fn affinity_match_delete(&mut self, key: AffinityMatchKey) -> Result<(), MapsError> {
             self.step("affinity_match")?;
             self.ops.match_deletes += 1;
-            self.matches.remove(key);
+            self.matches.remove(&key);
             Ok(())
         }
 
         fn affinity_matches(&self) -> Result<Vec<AffinityMatchKey>, MapsError> {
             Ok(self.matches.iter().copied().collect())
+        }
+
+        fn source_range_update(&mut self, entry: RangeEntry) -> Result<(), MapsError> {
+            self.step("source_ranges")?;
+            self.ops.range_updates += 1;
+            self.ranges.insert(entry);
+            Ok(())
+        }
+
+        fn source_range_delete(&mut self, entry: RangeEntry) -> Result<(), MapsError> {
+            self.step("source_ranges")?;
+            self.ops.range_deletes += 1;
+            self.ranges.remove(&entry);
+            Ok(())
+        }
+
+        fn source_ranges(&self) -> Result<Vec<RangeEntry>, MapsError> {
+            Ok(self.ranges.iter().copied().collect())
         }
     }
 }

@@ -28,16 +28,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ipnet::IpNet;
 use kproxy_common::{
     Addr, AffinityMatchKey, Backend, FLAG_CLUSTER_IP, FLAG_DROP, FLAG_EXTERNAL_IP,
-    FLAG_LOAD_BALANCER, FLAG_NODE_PORT, FLAG_REJECT, FLAG_SOURCE_RANGES, SCOPE_ALL, SCOPE_NODE,
-    SCOPE_POD, ServiceKey, ServiceValue,
+    FLAG_LOAD_BALANCER, FLAG_MASQUERADE, FLAG_NODE_PORT, FLAG_REJECT, FLAG_SOURCE_RANGES,
+    SCOPE_ALL, SCOPE_NODE, SCOPE_POD, ServiceKey, ServiceValue, SourceRange,
 };
 use kproxy_model::{
     FrontendKind, IpFamily, ModelDiff, ProxyModel, ServicePort, ServicePortKey, Verdict,
 };
 
-use crate::maps::{LbMaps, MapsError};
+use crate::maps::{LbMaps, MapsError, RangeEntry};
 
 /// How long a retired slot or backend stays in its map before deletion.
 pub(crate) const GRACE: Duration = Duration::from_secs(1);
@@ -77,6 +78,9 @@ struct Desired {
     affinity_secs: u32,
     flags: u16,
     backends: Vec<Backend>,
+    /// `loadBalancerSourceRanges` of an LB frontend: (LPM prefix length including the 32
+    /// service-id bits, network address).
+    ranges: Vec<(u32, Addr)>,
 }
 
 /// What the map holds for one frontend entry.
@@ -96,6 +100,8 @@ pub(crate) struct Reconciler {
     /// Active slots referencing each backend.
     backend_refs: BTreeMap<u32, usize>,
     matches: BTreeSet<AffinityMatchKey>,
+    /// Source-range entries in the map.
+    ranges: BTreeSet<RangeEntry>,
     /// Every port that wants a frontend entry; the first one owns it.
     claims: BTreeMap<ServiceKey, BTreeSet<ServicePortKey>>,
     /// What each port wanted at its last sync.
@@ -132,70 +138,90 @@ fn kind_flag(kind: &FrontendKind) -> u16 {
     }
 }
 
-/// The entries a service port wants, by frontend entry key. Inconsistent input is
-/// warned about once, naming the port, and left out.
+/// One entry's content for `verdict`. Endpoints of another family (never expected from
+/// the model) are left out; a forward verdict left with none rejects.
+fn desired_for(port: &ServicePort, class: Class, verdict: &Verdict, flags: u16) -> Desired {
+    let proto = port.key.name.protocol.number();
+    let affinity_secs = port.affinity_timeout_secs.unwrap_or(0);
+    let (flags, backends) = match verdict {
+        Verdict::Forward(_) => {
+            let mut backends: Vec<Backend> = verdict
+                .endpoints(port)
+                .filter(|e| IpFamily::of(&e.ip) == port.key.family)
+                .map(|e| Backend {
+                    addr: addr_of(e.ip),
+                    port: e.port.to_be(),
+                    proto,
+                    pad: 0,
+                })
+                .collect();
+            backends.truncate(MAX_SLOTS);
+            if backends.is_empty() {
+                (flags | FLAG_REJECT, backends)
+            } else {
+                (flags, backends)
+            }
+        }
+        Verdict::Reject => (flags | FLAG_REJECT, Vec::new()),
+        Verdict::Drop => (flags | FLAG_DROP, Vec::new()),
+    };
+    Desired {
+        class,
+        affinity_secs,
+        flags,
+        backends,
+        ranges: Vec::new(),
+    }
+}
+
+/// A source range as an LPM entry: 32 bits of service id, then the (IPv4-mapped) prefix.
+fn range_entry(net: &IpNet) -> (u32, Addr) {
+    let net = net.trunc();
+    let bits = match net {
+        IpNet::V4(_) => 96 + u32::from(net.prefix_len()),
+        IpNet::V6(_) => u32::from(net.prefix_len()),
+    };
+    (32 + bits, addr_of(net.network()))
+}
+
+/// Warns once per sync about input the dataplane cannot program as given.
+fn check_port(port: &ServicePort) {
+    let family = port.key.family;
+    if port.endpoints.iter().any(|e| IpFamily::of(&e.ip) != family) {
+        tracing::warn!(service_port = %port.key, "endpoints of the wrong family are ignored");
+    }
+    if port.endpoints.len() > MAX_SLOTS {
+        tracing::warn!(
+            service_port = %port.key,
+            endpoints = port.endpoints.len(),
+            "more endpoints than a frontend has slots ({MAX_SLOTS}); the rest are not used"
+        );
+    }
+    if port.frontends.iter().any(|f| IpFamily::of(&f.ip) != family) {
+        tracing::warn!(service_port = %port.key, "frontends of the wrong family are ignored");
+    }
+    if port.external.is_none()
+        && port
+            .frontends
+            .iter()
+            .any(|f| f.kind != FrontendKind::ClusterIp)
+    {
+        tracing::warn!(
+            service_port = %port.key,
+            "external frontends without an external verdict are ignored"
+        );
+    }
+}
+
+/// The entries a service port wants, by frontend entry key.
 fn desired_entries(port: &ServicePort) -> BTreeMap<ServiceKey, Desired> {
+    check_port(port);
     let proto = port.key.name.protocol.number();
     let family = port.key.family;
     let mut out = BTreeMap::new();
-    let verdict = |class: Class, verdict: &Verdict, flags: u16| -> Desired {
-        let affinity_secs = port.affinity_timeout_secs.unwrap_or(0);
-        match verdict {
-            Verdict::Forward(_) => {
-                let mut backends: Vec<Backend> = verdict
-                    .endpoints(port)
-                    .filter(|e| IpFamily::of(&e.ip) == family)
-                    .map(|e| Backend {
-                        addr: addr_of(e.ip),
-                        port: e.port.to_be(),
-                        proto,
-                        pad: 0,
-                    })
-                    .collect();
-                if backends.len() > MAX_SLOTS {
-                    tracing::warn!(
-                        service_port = %port.key,
-                        endpoints = backends.len(),
-                        "too many endpoints for one frontend; using the first {MAX_SLOTS}"
-                    );
-                    backends.truncate(MAX_SLOTS);
-                }
-                if backends.is_empty() {
-                    tracing::warn!(
-                        service_port = %port.key,
-                        "forward verdict without endpoints of the port's family; rejecting"
-                    );
-                    return Desired {
-                        class,
-                        affinity_secs,
-                        flags: flags | FLAG_REJECT,
-                        backends,
-                    };
-                }
-                Desired {
-                    class,
-                    affinity_secs,
-                    flags,
-                    backends,
-                }
-            }
-            Verdict::Reject => Desired {
-                class,
-                affinity_secs,
-                flags: flags | FLAG_REJECT,
-                backends: Vec::new(),
-            },
-            Verdict::Drop => Desired {
-                class,
-                affinity_secs,
-                flags: flags | FLAG_DROP,
-                backends: Vec::new(),
-            },
-        }
-    };
+    let verdict = |class, verdict, flags| desired_for(port, class, verdict, flags);
     for fe in &port.frontends {
         if IpFamily::of(&fe.ip) != family {
-            tracing::warn!(service_port = %port.key, frontend = %fe.ip, "frontend of the wrong family; skipped");
             continue;
         }
         let key = ServiceKey {
@@ -212,17 +238,17 @@ fn desired_entries(port: &ServicePort) -> BTreeMap<ServiceKey, Desired> {
             continue;
         }
         let Some(ext) = &port.external else {
-            tracing::warn!(
-                service_port = %port.key,
-                frontend = %fe.ip,
-                "external frontend without an external verdict; skipped"
-            );
             continue;
         };
+        let mut ranges = Vec::new();
         if fe.kind == FrontendKind::LoadBalancer && !port.source_ranges.is_empty() {
             flags |= FLAG_SOURCE_RANGES;
+            ranges = port.source_ranges.iter().map(range_entry).collect();
         }
-        out.insert(key, verdict(Class::External, &ext.verdict, flags));
+        let masquerade = if ext.masquerade { FLAG_MASQUERADE } else { 0 };
+        let mut external = verdict(Class::External, &ext.verdict, flags | masquerade);
+        external.ranges = ranges;
+        out.insert(key, external);
         if ext.cluster_verdict != ext.verdict {
             let cluster = verdict(Class::ExternalCluster, &ext.cluster_verdict, flags);
             if ext.node_sources_use_cluster {
@@ -311,6 +337,7 @@ impl Reconciler {
             }
         }
         r.matches = maps.affinity_matches()?.into_iter().collect();
+        r.ranges = maps.source_ranges()?.into_iter().collect();
         r.next_service_id = r.used_service_ids.last().map_or(1, |m| m.wrapping_add(1));
         r.next_backend_id = r.backends.keys().last().map_or(1, |m| m.wrapping_add(1));
         Ok(r)
@@ -464,6 +491,7 @@ impl Reconciler {
 
         // 1. Backends.
         let mut plans: Vec<(ServiceKey, ServiceValue, Vec<u32>)> = Vec::new();
+        let mut plan_ranges: Vec<RangeEntry> = Vec::new();
         for (fe, owner) in &owners {
             let d = &desired[owner][fe];
             let mut ids = Vec::with_capacity(d.backends.len());
@@ -477,6 +505,15 @@ impl Reconciler {
                 flags: d.flags,
                 service_id: self.service_ids[&(owner.clone(), d.class)],
             };
+            for (len, addr) in &d.ranges {
+                plan_ranges.push((
+                    *len,
+                    SourceRange {
+                        service_id_be: master.service_id.to_be(),
+                        addr: *addr,
+                    },
+                ));
+            }
             plans.push((*fe, master, ids));
         }
         stats.frontends = plans.len();
@@ -492,10 +529,10 @@ impl Reconciler {
             }
         }
         for (_, master, ids) in &plans {
-            if master.target != 0 {
-                if let Some(set) = wanted_matches.get_mut(&master.service_id) {
-                    set.extend(ids.iter().copied());
-                }
+            if master.target != 0
+                && let Some(set) = wanted_matches.get_mut(&master.service_id)
+            {
+                set.extend(ids.iter().copied());
             }
         }
         for (service_id, backends) in &wanted_matches {
@@ -505,10 +542,28 @@ impl Reconciler {
                     backend_id: *backend_id,
                 };
                 if !self.matches.contains(&key) {
-                    maps.affinity_match_update(&key)?;
+                    maps.affinity_match_update(key)?;
                     stats.updates += 1;
                     self.matches.insert(key);
                 }
+            }
+        }
+
+        // 2b. Source ranges, before the frontends that check them: a frontend never
+        // carries FLAG_SOURCE_RANGES without its ranges (which would drop allowed clients).
+        let mut wanted_ranges: BTreeMap<u32, BTreeSet<RangeEntry>> = wanted_matches
+            .keys()
+            .map(|id| (*id, BTreeSet::new()))
+            .collect();
+        for entry in plan_ranges {
+            wanted_ranges
+                .entry(u32::from_be(entry.1.service_id_be))
+                .or_default()
+                .insert(entry);
+            if !self.ranges.contains(&entry) {
+                maps.source_range_update(entry)?;
+                stats.updates += 1;
+                self.ranges.insert(entry);
             }
         }
 
@@ -543,7 +598,7 @@ impl Reconciler {
             .copied()
             .collect();
         for key in stale {
-            maps.affinity_match_delete(&key)?;
+            maps.affinity_match_delete(key)?;
             stats.deletes += 1;
             self.matches.remove(&key);
         }
@@ -567,13 +622,32 @@ impl Reconciler {
                             .copied()
                             .collect();
                         for key in dead {
-                            maps.affinity_match_delete(&key)?;
+                            maps.affinity_match_delete(key)?;
                             stats.deletes += 1;
                             self.matches.remove(&key);
                         }
                     }
                 }
             }
+        }
+
+        // Source ranges no frontend wants any more.
+        let stale: Vec<RangeEntry> = self
+            .ranges
+            .iter()
+            .filter(|entry| {
+                let id = u32::from_be(entry.1.service_id_be);
+                !self.used_service_ids.contains(&id)
+                    || wanted_ranges
+                        .get(&id)
+                        .is_some_and(|set| !set.contains(entry))
+            })
+            .copied()
+            .collect();
+        for entry in stale {
+            maps.source_range_delete(entry)?;
+            stats.deletes += 1;
+            self.ranges.remove(&entry);
         }
 
         // 6. Backends no slot references.

@@ -27,6 +27,7 @@ fn config(node: &Node) -> BpfConfig {
     BpfConfig {
         cgroup_path: node.cgroup_path().to_owned(),
         bpffs: node.bpffs_path().to_owned(),
+        devices: Vec::new(),
     }
 }
 
@@ -318,8 +319,15 @@ fn restart_keeps_connections_and_service_then_cleanup_removes_everything() {
         })
     };
     for round in 0..3 {
+        let old_programs = linked_program_ids(&lab.a);
         drop(dp);
         dp = dataplane(&lab.a);
+        let new_programs = linked_program_ids(&lab.a);
+        assert!(
+            new_programs.iter().all(|id| !old_programs.contains(id)),
+            "round {round}: the new agent's programs replace the old ones"
+        );
+        wait_unloaded(&old_programs);
         let stats = dp.sync_full(&m).expect("sync after restart");
         assert_eq!(
             stats.updates, 0,
@@ -344,8 +352,90 @@ fn restart_keeps_connections_and_service_then_cleanup_removes_everything() {
     );
 
     // Cleanup: pins gone, programs detached and unloaded, VIPs no longer translated.
-    let link_dir = lab.a.bpffs_path().join("kproxy/links");
-    let program_ids: Vec<u32> = std::fs::read_dir(&link_dir)
+    // Socket programs plus tc programs: ingress and egress on eth0, reply on 3 pod veths.
+    let program_ids = linked_program_ids(&lab.a);
+    assert_eq!(
+        program_ids.len(),
+        kproxy_common::SOCK_PROGRAMS.len() + 2 + 3,
+        "every program linked and pinned"
+    );
+    drop(held);
+    drop(dp);
+    BpfDataplane::cleanup(lab.a.bpffs_path()).expect("cleanup");
+    assert!(!lab.a.bpffs_path().join("kproxy").exists(), "no pins left");
+    wait_unloaded(&program_ids);
+    let r = lab.client.tcp(SocketAddr::new(vip(50), 80));
+    assert!(
+        r.is_err(),
+        "after cleanup the ClusterIP is not translated any more: {r:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn ipv6_and_v4_mapped_clients_are_balanced() {
+    assert_root();
+    let lab = EchoLab::new("bpf-ipv6");
+    let mut dp = dataplane(&lab.a);
+    let vip6: IpAddr = "2001:db8:96::10".parse().unwrap();
+    let tcp6 = cluster_ip("web6", Protocol::Tcp, vip6, 80, lab.endpoints_like(vip6));
+    let udp6 = cluster_ip("web6", Protocol::Udp, vip6, 53, lab.endpoints_like(vip6));
+    let tcp4 = cluster_ip("web4", Protocol::Tcp, vip(60), 80, lab.endpoints());
+    dp.sync_full(&model([tcp6, udp6, tcp4])).expect("sync");
+
+    let expected: std::collections::BTreeSet<String> =
+        ["a1", "a2", "b1"].iter().map(ToString::to_string).collect();
+    let to_tcp = SocketAddr::new(vip6, 80);
+    let to_udp = SocketAddr::new(vip6, 53);
+    for (who, host) in [("node", &lab.a as &dyn HostRef), ("pod", &lab.client)] {
+        let tcp: Vec<_> = (0..TRIES).map(|_| host.tcp(to_tcp)).collect();
+        assert!(
+            tcp.iter().all(Result::is_ok),
+            "TCP/IPv6 from the {who}: {tcp:?}"
+        );
+        assert_eq!(names(&tcp), expected, "TCP/IPv6 from the {who}");
+        let udp: Vec<_> = (0..TRIES).map(|_| host.udp(to_udp)).collect();
+        assert!(
+            udp.iter().all(Result::is_ok),
+            "UDP/IPv6 from the {who}: {udp:?}"
+        );
+        assert_eq!(names(&udp), expected, "UDP/IPv6 from the {who}");
+    }
+    let view = view_from(&lab.client, to_udp);
+    assert_eq!(
+        view.udp_from.expect("UDP/IPv6 reply").1,
+        to_udp,
+        "recvfrom shows the VIP"
+    );
+    assert_eq!(view.udp_peer.expect("connected UDP/IPv6"), to_udp);
+    let view = view_from(&lab.client, to_tcp);
+    assert_eq!(
+        view.tcp.expect("TCP/IPv6").1,
+        to_tcp,
+        "getpeername shows the VIP"
+    );
+
+    // A dual-stack socket reaching the IPv4 service as ::ffff:198.51.100.60 goes through
+    // connect6 and finds the IPv4 entry.
+    let mapped = SocketAddr::new(
+        IpAddr::V6(std::net::Ipv4Addr::new(198, 51, 100, 60).to_ipv6_mapped()),
+        80,
+    );
+    let view = view_from(&lab.client, mapped);
+    let (name, peer) = view.tcp.expect("v4-mapped TCP");
+    assert!(expected.contains(&name), "{name}");
+    assert_eq!(peer, mapped, "getpeername shows the mapped VIP");
+    assert_eq!(
+        dp.counters().expect("counters")[counter::LOOKUP_MISS as usize],
+        0
+    );
+    drop(dp);
+    BpfDataplane::cleanup(lab.a.bpffs_path()).expect("cleanup");
+}
+
+/// Ids of the programs the pinned links of `node` hold.
+fn linked_program_ids(node: &Node) -> Vec<u32> {
+    std::fs::read_dir(node.bpffs_path().join("kproxy/links"))
         .expect("links pinned")
         .map(|e| {
             let link = aya::programs::links::PinnedLink::from_pin(e.expect("entry").path())
@@ -355,34 +445,26 @@ fn restart_keeps_connections_and_service_then_cleanup_removes_everything() {
                 .expect("link info")
                 .program_id()
         })
-        .collect();
-    assert_eq!(program_ids.len(), kproxy_common::SOCK_PROGRAMS.len());
-    drop(held);
-    drop(dp);
-    BpfDataplane::cleanup(lab.a.bpffs_path()).expect("cleanup");
-    assert!(!lab.a.bpffs_path().join("kproxy").exists(), "no pins left");
+        .collect()
+}
+
+/// Waits (bounded) until none of `ids` is loaded: detached and freed by the kernel, which
+/// releases links asynchronously.
+fn wait_unloaded(ids: &[u32]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let loaded: Vec<u32> = aya::programs::loaded_programs()
             .filter_map(Result::ok)
             .map(|p| p.id())
             .collect();
-        let left: Vec<_> = program_ids
-            .iter()
-            .filter(|id| loaded.contains(id))
-            .collect();
+        let left: Vec<_> = ids.iter().filter(|id| loaded.contains(id)).collect();
         if left.is_empty() {
-            break;
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "programs {left:?} still loaded after cleanup"
+            "programs {left:?} still loaded"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let r = lab.client.tcp(SocketAddr::new(vip(50), 80));
-    assert!(
-        r.is_err(),
-        "after cleanup the ClusterIP is not translated any more: {r:?}"
-    );
 }

@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    os::fd::OwnedFd,
+    os::fd::{AsRawFd as _, OwnedFd},
     time::Duration,
 };
 
@@ -71,9 +71,14 @@ impl EchoLab {
     }
 
     pub(crate) fn endpoints(&self) -> Vec<Endpoint> {
+        self.endpoints_like(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    /// The echo pods as endpoints of the family of `like`.
+    pub(crate) fn endpoints_like(&self, like: IpAddr) -> Vec<Endpoint> {
         [(&self.a1, true), (&self.a2, true), (&self.b1, false)]
             .iter()
-            .map(|(p, local)| endpoint(IpAddr::V4(p.ipv4()), *local))
+            .map(|(p, local)| endpoint(p.ip_like(like), *local))
             .collect()
     }
 }
@@ -91,9 +96,9 @@ pub(crate) fn endpoint(ip: IpAddr, is_local: bool) -> Endpoint {
     }
 }
 
-pub(crate) fn key(name: &str, protocol: Protocol) -> ServicePortKey {
+pub(crate) fn key(name: &str, protocol: Protocol, family: IpFamily) -> ServicePortKey {
     ServicePortKey {
-        family: IpFamily::V4,
+        family,
         name: ServicePortName {
             namespace: "default".to_owned(),
             name: name.to_owned(),
@@ -122,7 +127,7 @@ pub(crate) fn cluster_ip(
 ) -> ServicePort {
     let internal = all(&endpoints);
     ServicePort {
-        key: key(name, protocol),
+        key: key(name, protocol, IpFamily::of(&vip)),
         cluster_ip: vip,
         port,
         node_port: None,
@@ -203,6 +208,23 @@ pub(crate) struct SocketView {
     pub(crate) tcp: Result<(String, SocketAddr), String>,
 }
 
+/// Closes every descriptor of a freshly forked child but stdio and `keep`: the child must
+/// not hold the parent's program, map or link fds (it would keep old programs loaded).
+fn close_inherited(keep: &[i32]) {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: the child owns no Rust objects over these fds; it never returns.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 fn enter(host: &impl Host) -> Result<(), String> {
     let procs = host.cgroup_path().join("cgroup.procs");
     std::fs::write(&procs, b"0").map_err(|e| format!("joining cgroup: {e}"))?;
@@ -219,8 +241,9 @@ fn line_of(bytes: &[u8]) -> Result<String, String> {
 }
 
 fn socket_view(to: SocketAddr) -> SocketView {
+    let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let udp_from = (|| {
-        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        let s = UdpSocket::bind(any).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(REQUEST))
             .map_err(|e| e.to_string())?;
         s.send_to(b"ping\n", to).map_err(|e| e.to_string())?;
@@ -229,7 +252,7 @@ fn socket_view(to: SocketAddr) -> SocketView {
         Ok((line_of(&buf[..n])?, from))
     })();
     let udp_peer = (|| {
-        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        let s = UdpSocket::bind(any).map_err(|e| e.to_string())?;
         s.connect(to).map_err(|e| e.to_string())?;
         s.peer_addr().map_err(|e| e.to_string())
     })();
@@ -266,6 +289,7 @@ fn in_child(host: &impl Host, f: impl FnOnce(&mut File)) -> String {
     match unsafe { fork() }.expect("fork") {
         ForkResult::Child => {
             drop(read);
+            close_inherited(&[write.as_raw_fd()]);
             let mut out = File::from(write);
             match enter(host) {
                 Ok(()) => f(&mut out),
@@ -346,6 +370,7 @@ impl HeldConnection {
             ForkResult::Child => {
                 drop(cmd_write);
                 drop(ans_read);
+                close_inherited(&[cmd_read.as_raw_fd(), ans_write.as_raw_fd()]);
                 let mut out = File::from(ans_write);
                 let mut commands = BufReader::new(File::from(cmd_read));
                 let mut run = || -> Result<(), String> {

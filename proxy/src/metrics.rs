@@ -380,7 +380,9 @@ impl SyncObserver {
     pub fn snapshot(&mut self, state: &ClusterState, changes: &Changes) {
         let started = *self.started.get_or_insert_with(SystemTime::now);
         let (services, slices) = match changes {
-            Changes::Keys { services, slices, .. } => {
+            Changes::Keys {
+                services, slices, ..
+            } => {
                 refresh(&mut self.seen[0], &state.services, services.iter());
                 refresh(&mut self.seen[1], &state.slices, slices.iter());
                 (services.clone(), slices.clone())

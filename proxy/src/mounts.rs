@@ -20,7 +20,8 @@ pub const FALLBACK_CGROUP2: &str = "/run/kproxy/cgroupv2";
 /// The root of a mounted cgroup v2 hierarchy: the first cgroup2 mount in
 /// `/proc/self/mountinfo`, else one kproxy mounts at [`FALLBACK_CGROUP2`].
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     // Fields: id parent major:minor root mountpoint options ... - fstype source superoptions
     let found = mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
@@ -35,8 +36,14 @@ pub fn cgroup2_root() -> Result<PathBuf> {
     }
     let path = PathBuf::from(FALLBACK_CGROUP2);
     fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-    mount(Some("none"), &path, Some("cgroup2"), MsFlags::empty(), None::<&str>)
-        .with_context(|| format!("mounting cgroup2 at {}", path.display()))?;
+    mount(
+        Some("none"),
+        &path,
+        Some("cgroup2"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting cgroup2 at {}", path.display()))?;
     info!(path = %path.display(), "mounted cgroup2");
     Ok(path)
 }
@@ -44,10 +51,18 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 /// `path` when it is on a bpf filesystem; otherwise mounts one there first.
 pub fn ensure_bpffs(path: &Path) -> Result<PathBuf> {
     fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    let fs_type = statfs(path).with_context(|| format!("statfs {}", path.display()))?.filesystem_type();
+    let fs_type = statfs(path)
+        .with_context(|| format!("statfs {}", path.display()))?
+        .filesystem_type();
     if fs_type != BPF_FS_MAGIC {
-        mount(Some("bpffs"), path, Some("bpf"), MsFlags::empty(), None::<&str>)
-            .with_context(|| format!("mounting a bpf filesystem at {}", path.display()))?;
+        mount(
+            Some("bpffs"),
+            path,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting a bpf filesystem at {}", path.display()))?;
         info!(path = %path.display(), "mounted bpffs");
     }
     Ok(path.to_owned())

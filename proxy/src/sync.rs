@@ -225,7 +225,12 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
 
     /// Logs each model warning once, when it first appears.
     fn log_new_warnings(&mut self) {
-        let current: HashSet<String> = self.model.warnings().iter().map(ToString::to_string).collect();
+        let current: HashSet<String> = self
+            .model
+            .warnings()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         for w in &current {
             if !self.logged_warnings.contains(w) {
                 warn!("{w}");

@@ -46,7 +46,7 @@ enum Command {
     /// The demo: a two-node netns cluster running kproxy, and who answers what.
     Demo {
         /// Proxy modes to show, in turn (nftables, ebpf).
-        #[arg(default_values_t = vec!["nftables".to_owned()])]
+        #[arg(default_values_t = vec!["nftables".to_owned(), "ebpf".to_owned()])]
         modes: Vec<String>,
     },
     /// Benchmarks in the netns lab: control-plane, datapath or all (results in

@@ -5,7 +5,9 @@
 use std::{sync::Arc, time::Instant};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kproxy_model::{Changes, ClusterState, Incremental, LABEL_SERVICE_NAME, ModelConfig, ObjectKey, build, diff};
+use kproxy_model::{
+    Changes, ClusterState, Incremental, LABEL_SERVICE_NAME, ModelConfig, ObjectKey, build, diff,
+};
 
 fn state(n: u32) -> ClusterState {
     let mut st = ClusterState::default();
@@ -25,23 +27,37 @@ fn state(n: u32) -> ClusterState {
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps
         }))
         .unwrap();
-        st.services.insert(ObjectKey::new("default", name.clone()), Arc::new(svc));
-        st.slices.insert(ObjectKey::new("default", format!("{name}-1")), Arc::new(slice));
+        st.services
+            .insert(ObjectKey::new("default", name.clone()), Arc::new(svc));
+        st.slices.insert(
+            ObjectKey::new("default", format!("{name}-1")),
+            Arc::new(slice),
+        );
     }
     st
 }
 
 fn main() {
-    let n = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let n = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
     let st = state(n);
-    let config = ModelConfig { node_name: "node-0".into(), ..ModelConfig::default() };
+    let config = ModelConfig {
+        node_name: "node-0".into(),
+        ..ModelConfig::default()
+    };
     let t = Instant::now();
     let built = build(&st, &config);
     println!("build {n} services: {:?}", t.elapsed());
     let t = Instant::now();
     let again = build(&st, &config);
     let d = diff(&built.model, &again.model);
-    println!("build again + diff (no change): {:?} (empty: {})", t.elapsed(), d.is_empty());
+    println!(
+        "build again + diff (no change): {:?} (empty: {})",
+        t.elapsed(),
+        d.is_empty()
+    );
     let t = Instant::now();
     let cloned = st.clone();
     println!("clone ClusterState: {:?}", t.elapsed());
@@ -57,7 +73,16 @@ fn main() {
     slice.endpoints.as_mut().unwrap().pop();
     st2.slices.insert(key.clone(), Arc::new(slice));
     let t = Instant::now();
-    let changes = Changes::Keys { services: Default::default(), slices: [key].into(), node: false };
+    let changes = Changes::Keys {
+        services: Default::default(),
+        slices: [key].into(),
+        node: false,
+    };
     let update = inc.update(&st2, &changes, &config);
-    println!("incremental one-slice update: {:?} (full: {}, updated: {})", t.elapsed(), update.full, update.diff.updated.len());
+    println!(
+        "incremental one-slice update: {:?} (full: {}, updated: {})",
+        t.elapsed(),
+        update.full,
+        update.diff.updated.len()
+    );
 }

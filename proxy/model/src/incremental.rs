@@ -37,7 +37,11 @@ pub enum Changes {
 impl Changes {
     /// No change at all.
     pub fn none() -> Self {
-        Self::Keys { services: BTreeSet::new(), slices: BTreeSet::new(), node: false }
+        Self::Keys {
+            services: BTreeSet::new(),
+            slices: BTreeSet::new(),
+            node: false,
+        }
     }
 
     /// Adds `other`'s changes to these (used when several snapshots are skipped).
@@ -46,8 +50,16 @@ impl Changes {
             (Self::All, _) => {}
             (_, Self::All) => *self = Self::All,
             (
-                Self::Keys { services, slices, node },
-                Self::Keys { services: s2, slices: l2, node: n2 },
+                Self::Keys {
+                    services,
+                    slices,
+                    node,
+                },
+                Self::Keys {
+                    services: s2,
+                    slices: l2,
+                    node: n2,
+                },
             ) => {
                 services.extend(s2);
                 slices.extend(l2);
@@ -96,7 +108,12 @@ impl Incremental {
 
     /// Brings the model to `state` under `config`, where `changes` says which objects may
     /// differ from the state of the previous update, and says what changed in the model.
-    pub fn update(&mut self, state: &ClusterState, changes: &Changes, config: &ModelConfig) -> Update {
+    pub fn update(
+        &mut self,
+        state: &ClusterState,
+        changes: &Changes,
+        config: &ModelConfig,
+    ) -> Update {
         let slices_only = match changes {
             Changes::Keys { services, node, .. } => {
                 self.config.as_ref() == Some(config) && services.is_empty() && !node
@@ -122,7 +139,10 @@ impl Incremental {
         self.owner_of.clear();
         for (key, slice) in &state.slices {
             if let Some(owner) = owner(key, slice) {
-                self.slices_of.entry(owner.clone()).or_default().insert(key.clone());
+                self.slices_of
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(key.clone());
                 self.owner_of.insert(key.clone(), owner);
             }
         }
@@ -156,7 +176,10 @@ impl Incremental {
                 set.remove(key);
             }
             if let Some(o) = &new_owner {
-                self.slices_of.entry(o.clone()).or_default().insert(key.clone());
+                self.slices_of
+                    .entry(o.clone())
+                    .or_default()
+                    .insert(key.clone());
             }
             affected.extend(old_owner);
             affected.extend(new_owner);
@@ -190,13 +213,20 @@ impl Incremental {
             total.updated.extend(d.updated);
             total.removed.extend(d.removed);
             total.stale_udp_endpoints.extend(d.stale_udp_endpoints);
-            self.ports_of.insert(service_key.clone(), built.model.ports.keys().cloned().collect());
+            self.ports_of.insert(
+                service_key.clone(),
+                built.model.ports.keys().cloned().collect(),
+            );
             self.model.ports.extend(built.model.ports);
             let slices = self.slices_of.get(service_key);
-            self.warnings.retain(|w| !concerns(w, service_key, slices, changed));
+            self.warnings
+                .retain(|w| !concerns(w, service_key, slices, changed));
             self.warnings.extend(built.warnings);
         }
-        Some(Update { diff: total, full: false })
+        Some(Update {
+            diff: total,
+            full: false,
+        })
     }
 
     /// Removes and returns the ports of one Service.
@@ -220,13 +250,18 @@ fn concerns(
 ) -> bool {
     match w.kind {
         ObjectKind::Service => &w.object == service,
-        ObjectKind::EndpointSlice => slices.is_some_and(|s| s.contains(&w.object)) || changed.contains(&w.object),
+        ObjectKind::EndpointSlice => {
+            slices.is_some_and(|s| s.contains(&w.object)) || changed.contains(&w.object)
+        }
         ObjectKind::Node => false,
     }
 }
 
 /// The Service a slice belongs to: its namespace and `kubernetes.io/service-name` label.
-fn owner(key: &ObjectKey, slice: &k8s_openapi::api::discovery::v1::EndpointSlice) -> Option<ObjectKey> {
+fn owner(
+    key: &ObjectKey,
+    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> Option<ObjectKey> {
     let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
     Some(ObjectKey::new(key.namespace.clone(), name.clone()))
 }

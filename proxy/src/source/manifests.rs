@@ -153,7 +153,12 @@ impl ManifestsSource {
             }
         };
         let mut changed = false;
-        let removed: Vec<PathBuf> = self.files.keys().filter(|p| !paths.contains_key(*p)).cloned().collect();
+        let removed: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !paths.contains_key(*p))
+            .cloned()
+            .collect();
         for path in removed {
             let file = self.files.remove(&path).unwrap_or_default();
             changed |= self.replace_docs(&path, &file.docs, &[]);
@@ -167,7 +172,8 @@ impl ManifestsSource {
             match fs::read_to_string(&path) {
                 Ok(text) => {
                     let old = std::mem::take(&mut file.docs);
-                    let new = reuse_unchanged(read_documents(&path, &text, &self.node_name, &old), &old);
+                    let new =
+                        reuse_unchanged(read_documents(&path, &text, &self.node_name, &old), &old);
                     file.docs.clone_from(&new);
                     changed |= self.replace_docs(&path, &old, &new);
                 }
@@ -198,14 +204,21 @@ impl ManifestsSource {
             let defs = self.defs.entry(key.clone()).or_default();
             defs.insert(path.to_owned(), doc.clone());
             if defs.len() == 2 {
-                let first = defs.keys().next().map(|p| p.display().to_string()).unwrap_or_default();
+                let first = defs
+                    .keys()
+                    .next()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
                 warn!(kind = ?key.0, object = %key.1, first, file = %path.display(), "object defined in two files; the later file wins");
             }
             touched.insert(key);
         }
         let mut changed = false;
         for key in touched {
-            let winner = self.defs.get(&key).and_then(|d| d.values().next_back().cloned());
+            let winner = self
+                .defs
+                .get(&key)
+                .and_then(|d| d.values().next_back().cloned());
             if winner.is_none() {
                 self.defs.remove(&key);
             }
@@ -218,8 +231,16 @@ impl ManifestsSource {
     /// state already held that very object.
     fn set(&mut self, (kind, key): (Kind, ObjectKey), doc: Option<Doc>) -> bool {
         let current = match kind {
-            Kind::Service => self.state.services.get(&key).map(|s| Doc::Service(Arc::clone(s))),
-            Kind::EndpointSlice => self.state.slices.get(&key).map(|s| Doc::EndpointSlice(Arc::clone(s))),
+            Kind::Service => self
+                .state
+                .services
+                .get(&key)
+                .map(|s| Doc::Service(Arc::clone(s))),
+            Kind::EndpointSlice => self
+                .state
+                .slices
+                .get(&key)
+                .map(|s| Doc::EndpointSlice(Arc::clone(s))),
             Kind::Node => self.state.node.as_ref().map(|n| Doc::Node(Arc::clone(n))),
         };
         if match (&current, &doc) {
@@ -260,7 +281,11 @@ impl ManifestsSource {
                 node = true;
             }
         }
-        self.changes.merge(Changes::Keys { services, slices, node });
+        self.changes.merge(Changes::Keys {
+            services,
+            slices,
+            node,
+        });
         true
     }
 }
@@ -280,7 +305,10 @@ impl Source for ManifestsSource {
     }
 
     fn snapshot_changes(&mut self) -> Option<(Arc<ClusterState>, Changes)> {
-        Some((Arc::clone(&self.state), std::mem::replace(&mut self.changes, Changes::none())))
+        Some((
+            Arc::clone(&self.state),
+            std::mem::replace(&mut self.changes, Changes::none()),
+        ))
     }
 }
 
@@ -294,7 +322,8 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 /// Keeps the previous `Arc` of every object whose content did not change, so an edit to one
 /// object of a big file changes one object, not all of them.
 fn reuse_unchanged(new: Vec<Option<Doc>>, old: &[Option<Doc>]) -> Vec<Option<Doc>> {
-    let by_key: HashMap<(Kind, ObjectKey), &Doc> = old.iter().flatten().map(|d| (d.key(), d)).collect();
+    let by_key: HashMap<(Kind, ObjectKey), &Doc> =
+        old.iter().flatten().map(|d| (d.key(), d)).collect();
     new.into_iter()
         .map(|doc| {
             doc.map(|d| match by_key.get(&d.key()) {
@@ -443,18 +472,33 @@ mod tests {
 
     fn changes(src: &mut ManifestsSource) -> Changes {
         src.scan();
-        src.snapshot_changes().expect("manifests are always ready").1
+        src.snapshot_changes()
+            .expect("manifests are always ready")
+            .1
     }
 
     #[test]
     fn edits_report_exactly_the_objects_that_changed() {
-        let dir = std::env::temp_dir().join(format!("kproxy-manifests-unit-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("kproxy-manifests-unit-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let file = dir.join("a.yaml");
-        let text = |ep: &str| format!("{}{}{}{}", svc("p", "198.51.100.1"), slice("p", "100.64.1.1"), svc("q", "198.51.100.2"), slice("q", ep));
+        let text = |ep: &str| {
+            format!(
+                "{}{}{}{}",
+                svc("p", "198.51.100.1"),
+                slice("p", "100.64.1.1"),
+                svc("q", "198.51.100.2"),
+                slice("q", ep)
+            )
+        };
         fs::write(&file, text("100.64.1.2")).unwrap();
         let mut src = ManifestsSource::new(&dir, "n").unwrap();
-        assert_eq!(changes(&mut src), Changes::All, "the first snapshot says everything changed");
+        assert_eq!(
+            changes(&mut src),
+            Changes::All,
+            "the first snapshot says everything changed"
+        );
         assert_eq!(changes(&mut src), Changes::none());
 
         // One slice of a big file changes: only that slice is reported; the other objects
@@ -464,24 +508,74 @@ mod tests {
         // Same length as before: the size stays, and the mtime may too within its
         // granularity, so forget the fingerprint.
         src.files.get_mut(&file).unwrap().fingerprint = (0, 0, 0);
-        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&[]), slices: keys(&["q-1"]), node: false });
+        assert_eq!(
+            changes(&mut src),
+            Changes::Keys {
+                services: keys(&[]),
+                slices: keys(&["q-1"]),
+                node: false
+            }
+        );
         let after = src.snapshot_changes().unwrap().0;
-        assert!(Arc::ptr_eq(&before.services[&ObjectKey::new("t", "p")], &after.services[&ObjectKey::new("t", "p")]));
-        assert!(!Arc::ptr_eq(&before.slices[&ObjectKey::new("t", "q-1")], &after.slices[&ObjectKey::new("t", "q-1")]));
+        assert!(Arc::ptr_eq(
+            &before.services[&ObjectKey::new("t", "p")],
+            &after.services[&ObjectKey::new("t", "p")]
+        ));
+        assert!(!Arc::ptr_eq(
+            &before.slices[&ObjectKey::new("t", "q-1")],
+            &after.slices[&ObjectKey::new("t", "q-1")]
+        ));
 
         // A second file defining x again: the later file wins, x changes.
         fs::write(dir.join("b.yaml"), svc("p", "198.51.100.9")).unwrap();
-        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["p"]), slices: keys(&[]), node: false });
-        assert_eq!(src.snapshot().unwrap().services[&ObjectKey::new("t", "p")].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("198.51.100.9"));
+        assert_eq!(
+            changes(&mut src),
+            Changes::Keys {
+                services: keys(&["p"]),
+                slices: keys(&[]),
+                node: false
+            }
+        );
+        assert_eq!(
+            src.snapshot().unwrap().services[&ObjectKey::new("t", "p")]
+                .spec
+                .as_ref()
+                .unwrap()
+                .cluster_ip
+                .as_deref(),
+            Some("198.51.100.9")
+        );
         // Removing it brings a.yaml's x back.
         fs::remove_file(dir.join("b.yaml")).unwrap();
-        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["p"]), slices: keys(&[]), node: false });
-        assert_eq!(src.snapshot().unwrap().services[&ObjectKey::new("t", "p")].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("198.51.100.1"));
+        assert_eq!(
+            changes(&mut src),
+            Changes::Keys {
+                services: keys(&["p"]),
+                slices: keys(&[]),
+                node: false
+            }
+        );
+        assert_eq!(
+            src.snapshot().unwrap().services[&ObjectKey::new("t", "p")]
+                .spec
+                .as_ref()
+                .unwrap()
+                .cluster_ip
+                .as_deref(),
+            Some("198.51.100.1")
+        );
 
         // Removing the file removes everything it defined.
         assert_eq!(src.snapshot().unwrap().services.len(), 2);
         fs::remove_file(&file).unwrap();
-        assert_eq!(changes(&mut src), Changes::Keys { services: keys(&["p", "q"]), slices: keys(&["p-1", "q-1"]), node: false });
+        assert_eq!(
+            changes(&mut src),
+            Changes::Keys {
+                services: keys(&["p", "q"]),
+                slices: keys(&["p-1", "q-1"]),
+                node: false
+            }
+        );
         let state = src.snapshot().unwrap();
         assert!(state.services.is_empty() && state.slices.is_empty());
         fs::remove_dir_all(&dir).unwrap();

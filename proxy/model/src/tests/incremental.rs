@@ -35,7 +35,8 @@ fn with_slices(base: &ClusterState, edits: &[(&str, Option<String>)]) -> (Cluste
         match yaml {
             Some(y) => {
                 let parsed = state(y);
-                next.slices.insert(key.clone(), Arc::clone(&parsed.slices[&key]));
+                next.slices
+                    .insert(key.clone(), Arc::clone(&parsed.slices[&key]));
             }
             None => {
                 next.slices.remove(&key);
@@ -43,24 +44,36 @@ fn with_slices(base: &ClusterState, edits: &[(&str, Option<String>)]) -> (Cluste
         }
         changed.insert(key);
     }
-    (next, Changes::Keys { services: BTreeSet::new(), slices: changed, node: false })
+    (
+        next,
+        Changes::Keys {
+            services: BTreeSet::new(),
+            slices: changed,
+            node: false,
+        },
+    )
 }
 
 #[test]
 fn slice_changes_match_a_full_build() {
     let config = config();
-    let mut current = state(&format!("{}{}{}", services(4), slice("a", "s0", &[1, 2]), slice("b", "s1", &[3])));
+    let mut current = state(&format!(
+        "{}{}{}",
+        services(4),
+        slice("a", "s0", &[1, 2]),
+        slice("b", "s1", &[3])
+    ));
     let mut inc = Incremental::default();
     let first = inc.update(&current, &Changes::All, &config);
     assert!(first.full);
     assert_eq!(inc.model(), &build(&current, &config).model);
 
     let steps: Vec<Vec<(&str, Option<String>)>> = vec![
-        vec![("a", Some(slice("a", "s0", &[1])))],                  // endpoint removed
-        vec![("c", Some(slice("c", "s0", &[7, 8])))],               // second slice of s0
-        vec![("b", Some(slice("b", "s2", &[3])))],                  // slice moves to s2
-        vec![("a", None), ("d", Some(slice("d", "s3", &[9])))],     // removed and added
-        vec![("e", Some(slice("e", "nope", &[4])))],                // slice of no Service
+        vec![("a", Some(slice("a", "s0", &[1])))], // endpoint removed
+        vec![("c", Some(slice("c", "s0", &[7, 8])))], // second slice of s0
+        vec![("b", Some(slice("b", "s2", &[3])))], // slice moves to s2
+        vec![("a", None), ("d", Some(slice("d", "s3", &[9])))], // removed and added
+        vec![("e", Some(slice("e", "nope", &[4])))], // slice of no Service
         vec![("c", None)],
     ];
     for (i, edits) in steps.into_iter().enumerate() {
@@ -69,8 +82,16 @@ fn slice_changes_match_a_full_build() {
         let update = inc.update(&next, &changes, &config);
         let full = build(&next, &config);
         assert!(!update.full, "step {i} should be incremental");
-        assert_eq!(inc.model(), &full.model, "step {i}: model differs from a full build");
-        assert_eq!(update.diff, diff(&before, &full.model), "step {i}: diff differs");
+        assert_eq!(
+            inc.model(),
+            &full.model,
+            "step {i}: model differs from a full build"
+        );
+        assert_eq!(
+            update.diff,
+            diff(&before, &full.model),
+            "step {i}: diff differs"
+        );
         current = next;
     }
 }
@@ -83,7 +104,12 @@ fn removed_udp_endpoint_is_reported_stale() {
     inc.update(&current, &Changes::All, &config);
     let (next, changes) = with_slices(&current, &[("a", Some(slice("a", "s0", &[2])))]);
     let update = inc.update(&next, &changes, &config);
-    let stale: Vec<String> = update.diff.stale_udp_endpoints.iter().map(|(_, e)| e.ip.to_string()).collect();
+    let stale: Vec<String> = update
+        .diff
+        .stale_udp_endpoints
+        .iter()
+        .map(|(_, e)| e.ip.to_string())
+        .collect();
     assert_eq!(stale, ["10.244.1.1"]);
 }
 
@@ -93,14 +119,25 @@ fn service_node_or_config_changes_rebuild_everything() {
     let current = state(&format!("{}{}", services(2), slice("a", "s0", &[1])));
     let mut inc = Incremental::default();
     inc.update(&current, &Changes::All, &config);
-    let svc_change = Changes::Keys { services: [ObjectKey::new("t", "s1")].into(), slices: BTreeSet::new(), node: false };
+    let svc_change = Changes::Keys {
+        services: [ObjectKey::new("t", "s1")].into(),
+        slices: BTreeSet::new(),
+        node: false,
+    };
     assert!(inc.update(&current, &svc_change, &config).full);
-    let node_change = Changes::Keys { services: BTreeSet::new(), slices: BTreeSet::new(), node: true };
+    let node_change = Changes::Keys {
+        services: BTreeSet::new(),
+        slices: BTreeSet::new(),
+        node: true,
+    };
     assert!(inc.update(&current, &node_change, &config).full);
     let mut other = config.clone();
     other.masquerade_all = true;
     assert!(inc.update(&current, &Changes::none(), &other).full);
-    assert!(!inc.update(&current, &Changes::none(), &other).full, "nothing changed: nothing rebuilt");
+    assert!(
+        !inc.update(&current, &Changes::none(), &other).full,
+        "nothing changed: nothing rebuilt"
+    );
 }
 
 #[test]

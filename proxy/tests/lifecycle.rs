@@ -1,10 +1,12 @@
-//! nftables datapath lifecycle with real packets: agent restarts lose no connection,
-//! endpoint churn fails no request, and removed UDP endpoints lose their conntrack flows.
+//! Datapath lifecycle with real packets, in both proxy modes: agent restarts lose no
+//! connection, endpoint churn fails no request; and (nftables) removed UDP endpoints lose
+//! their conntrack flows.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, UdpSocket},
     path::Path,
+    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -42,14 +44,9 @@ fn web_manifest(world: &World, eps: &[&str]) -> String {
     out
 }
 
-fn world(name: &str, eps: &[&str]) -> World {
+fn world(name: &str, mode: Mode, eps: &[&str]) -> World {
     assert_root();
-    let mut w = World::new(
-        name,
-        Path::new(env!("CARGO_BIN_EXE_kproxy")),
-        Mode::Nftables,
-    )
-    .expect("lab");
+    let w = World::new(name, Path::new(env!("CARGO_BIN_EXE_kproxy")), mode).expect("lab");
     w.write_manifest("web.yaml", &web_manifest(&w, eps))
         .unwrap();
     w.start_agents(&["--cluster-cidr", "100.64.0.0/16"])
@@ -91,8 +88,34 @@ fn background_requests(
 
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
-fn restart_keeps_established_connections_and_new_ones_succeed() {
-    let w = world("nft-restart", &["a-ep1", "b-ep1"]);
+fn restart_keeps_connections_nftables() {
+    restart_keeps_established_connections_and_new_ones_succeed(Mode::Nftables);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn restart_keeps_connections_ebpf() {
+    restart_keeps_established_connections_and_new_ones_succeed(Mode::Ebpf);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn endpoint_churn_fails_no_request_nftables() {
+    endpoint_churn_fails_no_request(Mode::Nftables);
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn endpoint_churn_fails_no_request_ebpf() {
+    endpoint_churn_fails_no_request(Mode::Ebpf);
+}
+
+fn restart_keeps_established_connections_and_new_ones_succeed(mode: Mode) {
+    let w = world(
+        &format!("restart-{}", mode.flag()),
+        mode,
+        &["a-ep1", "b-ep1"],
+    );
     // A long-lived echo server on both endpoints (port 9090), in their namespaces.
     for ep in ["a-ep1", "b-ep1"] {
         let listener = w
@@ -113,28 +136,34 @@ fn restart_keeps_established_connections_and_new_ones_succeed() {
             }
         });
     }
-    let stream = w
+    // The long-lived client is a process in pod a-cl's namespace and cgroup (bash's
+    // /dev/tcp), so the eBPF socket hooks see its connect() as they would a pod's.
+    let mut client = w
         .pod("a-cl")
-        .run(|| {
-            TcpStream::connect_timeout(
-                &SocketAddr::new(WEB.parse().unwrap(), 90),
-                Duration::from_secs(3),
-            )
-        })
+        .command("bash")
         .unwrap()
-        .expect("connect through the ClusterIP");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
+        .args([
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/{WEB}/90 || exit 1; while read -r line; do echo \"$line\" >&3; \
+                 read -t 5 -r reply <&3 || exit 2; echo \"$reply\"; done"
+            ),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut writer = client.stdin.take().unwrap();
+    let mut reader = BufReader::new(client.stdout.take().unwrap());
     let mut ping = |n: usize| {
-        writeln!(writer, "ping {n}").expect("write on the established connection");
+        writeln!(writer, "ping {n}").expect("write to the client");
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .expect("read on the established connection");
-        assert_eq!(line.trim(), format!("ping {n}"));
+        reader.read_line(&mut line).expect("read from the client");
+        assert_eq!(
+            line.trim(),
+            format!("ping {n}"),
+            "the established connection broke"
+        );
     };
     ping(0);
 
@@ -157,6 +186,8 @@ fn restart_keeps_established_connections_and_new_ones_succeed() {
     w.start_agent(0, &["--cluster-cidr", "100.64.0.0/16"])
         .expect("restart");
     ping(4);
+    drop(writer);
+    let _ = client.wait();
     stop.store(true, Ordering::Relaxed);
     bg.join().unwrap();
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
@@ -173,10 +204,12 @@ fn restart_keeps_established_connections_and_new_ones_succeed() {
     );
 }
 
-#[test]
-#[ignore = "needs root: run through cargo xtask test"]
-fn endpoint_churn_fails_no_request() {
-    let w = Arc::new(world("nft-churn", &["a-ep1", "b-ep1"]));
+fn endpoint_churn_fails_no_request(mode: Mode) {
+    let w = Arc::new(world(
+        &format!("churn-{}", mode.flag()),
+        mode,
+        &["a-ep1", "b-ep1"],
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let (bg, ok, failed) = background_requests(&w, &stop);
     // a-ep1 stays ready throughout; the others come and go.
@@ -212,7 +245,7 @@ fn endpoint_churn_fails_no_request() {
 #[test]
 #[ignore = "needs root: run through cargo xtask test"]
 fn removed_udp_endpoint_loses_its_conntrack_flows() {
-    let w = world("nft-conntrack", &["b-ep1"]);
+    let w = world("nft-conntrack", Mode::Nftables, &["b-ep1"]);
     // One UDP socket with a fixed source port: without conntrack cleanup its flow would
     // stay pinned to the removed endpoint (which is still alive and would still answer).
     let sock = w
@@ -225,15 +258,21 @@ fn removed_udp_endpoint_loses_its_conntrack_flows() {
             s
         })
         .unwrap();
+    // A reply in flight while its conntrack entry is deleted is lost (UDP, as with
+    // kube-proxy), so a request may time out around the change: that is retried, not failed.
     let ask = || {
-        sock.send(b"q").unwrap();
-        let mut buf = [0u8; 256];
-        let n = sock.recv(&mut buf).expect("a UDP reply");
-        String::from_utf8_lossy(&buf[..n])
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
+        for _ in 0..5 {
+            sock.send(b"q").unwrap();
+            let mut buf = [0u8; 256];
+            if let Ok(n) = sock.recv(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n])
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_owned();
+            }
+        }
+        panic!("five UDP requests in a row got no reply");
     };
     assert_eq!(ask(), "b-ep1");
     w.write_manifest("web.yaml", &web_manifest(&w, &["a-ep2"]))

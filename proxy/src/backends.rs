@@ -110,9 +110,42 @@ fn bpf_err(operation: &'static str) -> impl FnOnce(kproxy_bpf::Error) -> Datapla
     }
 }
 
+/// What each slot of the eBPF counter map means, as `(hook, verdict)` labels.
+const BPF_COUNTERS: [(u32, &str, &str); 11] = {
+    use kproxy_common::counter as c;
+    [
+        (c::TRANSLATED, "socket", "translated"),
+        (c::REJECTED, "socket", "rejected"),
+        (c::DROPPED, "socket", "dropped"),
+        (c::LOOKUP_MISS, "socket", "lookup_miss"),
+        (c::AFFINITY_HIT, "socket", "affinity_hit"),
+        (c::REVERSED, "socket", "reversed"),
+        (c::TC_TRANSLATED, "tc", "translated"),
+        (c::TC_REJECTED, "tc", "rejected"),
+        (c::TC_DROPPED, "tc", "dropped"),
+        (c::TC_REVERSED, "tc", "reversed"),
+        (c::TC_FAILED, "tc", "failed"),
+    ]
+};
+
 impl Dataplane for Bpf {
     fn mode(&self) -> ProxyMode {
         ProxyMode::Ebpf
+    }
+
+    fn verdict_counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        match self.0.counters() {
+            Ok(values) => BPF_COUNTERS
+                .iter()
+                .filter_map(|&(i, hook, verdict)| {
+                    values.get(i as usize).map(|v| (hook, verdict, *v))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the eBPF counters failed");
+                Vec::new()
+            }
+        }
     }
 
     fn sync_full(&mut self, model: &ProxyModel) -> Result<Applied, DataplaneError> {

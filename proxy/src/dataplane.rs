@@ -74,6 +74,11 @@ pub trait Dataplane: Send {
         let _ = stale;
         Ok(0)
     }
+    /// The datapath's own decision counters, `(hook, verdict, total)`, for
+    /// `kproxy_ebpf_verdicts_total`; empty for datapaths that keep none.
+    fn verdict_counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// An in-memory dataplane for tests of the sync loop: records what it was asked to do and
@@ -157,5 +162,8 @@ impl Dataplane for Box<dyn Dataplane> {
         stale: &[(ServicePortKey, Endpoint)],
     ) -> Result<usize, DataplaneError> {
         (**self).clear_stale_flows(stale)
+    }
+    fn verdict_counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        (**self).verdict_counters()
     }
 }

@@ -344,6 +344,8 @@ pub struct SyncObserver {
     seen: [HashMap<ObjectKey, usize>; 2],
     /// Trigger times of EndpointSlice changes not yet programmed.
     pending_triggers: Vec<SystemTime>,
+    /// The datapath's verdict counters at the last read, to add only their growth.
+    last_verdicts: HashMap<(&'static str, &'static str), u64>,
     /// Changes triggered before this are not ours to measure (objects listed at start).
     started: Option<SystemTime>,
 }
@@ -433,6 +435,23 @@ impl SyncObserver {
         }
         if let Some(servers) = &mut self.service_health {
             servers.reconcile(model);
+        }
+    }
+
+    /// The datapath's verdict counters now, `(hook, verdict, total)`: their growth since the
+    /// last read goes to `kproxy_ebpf_verdicts_total` (a total below the last one means the
+    /// counter map was recreated, and counts from zero).
+    pub fn verdicts(&mut self, totals: &[(&'static str, &'static str, u64)]) {
+        for &(hook, verdict, total) in totals {
+            let last = self
+                .last_verdicts
+                .insert((hook, verdict), total)
+                .unwrap_or(0);
+            let growth = if total >= last { total - last } else { total };
+            self.metrics
+                .ebpf_verdicts
+                .get_or_create(&[("hook", hook), ("verdict", verdict)])
+                .inc_by(growth);
         }
     }
 
@@ -672,6 +691,30 @@ mod tests {
         assert!(
             m.encode()
                 .contains("kubeproxy_network_programming_duration_seconds_count 1"),
+            "{}",
+            m.encode()
+        );
+    }
+
+    #[test]
+    fn ebpf_verdicts_add_growth_and_survive_a_map_reset() {
+        let m = Metrics::new();
+        let mut obs = SyncObserver::new(m.clone());
+        let get = |m: &Metrics, v: &'static str| {
+            m.ebpf_verdicts()
+                .get_or_create(&[("hook", "socket"), ("verdict", v)])
+                .get()
+        };
+        obs.verdicts(&[("socket", "translated", 5), ("socket", "rejected", 1)]);
+        obs.verdicts(&[("socket", "translated", 12), ("socket", "rejected", 1)]);
+        assert_eq!(get(&m, "translated"), 12);
+        assert_eq!(get(&m, "rejected"), 1);
+        // A new agent with fresh maps starts from zero again: its totals count in full.
+        obs.verdicts(&[("socket", "translated", 3)]);
+        assert_eq!(get(&m, "translated"), 15);
+        assert!(
+            m.encode()
+                .contains("kproxy_ebpf_verdicts_total{hook=\"socket\",verdict=\"translated\"} 15"),
             "{}",
             m.encode()
         );

@@ -214,6 +214,7 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
                 }
             }
             self.observer.synced(Some(full), started.elapsed(), self.model.model());
+            self.observer.verdicts(&self.dataplane.verdict_counters());
             self.synced_once = true;
             self.need_full = false;
             self.health.updated(SystemTime::now());

@@ -306,7 +306,8 @@ pub struct Config {
 pub mod counter {
     /// A connect/sendmsg to a service was translated to a backend.
     pub const TRANSLATED: u32 = 0;
-    /// A connect/sendmsg to a rejecting service failed with ECONNREFUSED.
+    /// A connect/sendmsg to a rejecting service, or to a ClusterIP on a port no service
+    /// has, failed with ECONNREFUSED.
     pub const REJECTED: u32 = 1;
     /// A connect/sendmsg to a dropping service failed with ETIMEDOUT.
     pub const DROPPED: u32 = 2;
@@ -366,6 +367,10 @@ pub const MAP_NAT_REV: &str = "KP_NAT_REV_V1";
 pub const MAP_SOURCE_RANGES: &str = "KP_SRC_RANGES_V1";
 /// ClientIP affinity of tc flows ([`TcAffinityKey`] → [`AffinityValue`]); LRU.
 pub const MAP_TC_AFFINITY: &str = "KP_TC_AFFINITY_V1";
+/// The node's ClusterIPs ([`Addr`] → `u32`, always 1); hash, no prealloc. A socket
+/// connecting or sending to one of them on a port no service has is refused, as
+/// kube-proxy's `cluster-ips` reject does.
+pub const MAP_CLUSTER_IPS: &str = "KP_CLUSTER_IPS_V1";
 
 /// Capacity of [`MAP_SERVICES`]: frontends plus slots (Cilium's default is 64k; kproxy
 /// aims at 100k service ports).
@@ -385,6 +390,8 @@ pub const NAT_MAX: u32 = 1 << 18;
 pub const SOURCE_RANGES_MAX: u32 = 1 << 16;
 /// Capacity of [`MAP_TC_AFFINITY`].
 pub const TC_AFFINITY_MAX: u32 = 1 << 16;
+/// Capacity of [`MAP_CLUSTER_IPS`]: one per Service (and family), not per port.
+pub const CLUSTER_IPS_MAX: u32 = 1 << 18;
 
 /// `BPF_F_NO_PREALLOC`.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -427,7 +434,7 @@ const fn size<T>() -> u32 {
 }
 
 /// Every map kproxy pins.
-pub const MAPS: [MapSpec; 11] = [
+pub const MAPS: [MapSpec; 12] = [
     MapSpec {
         name: MAP_SERVICES,
         kind: MapKind::Hash,
@@ -505,6 +512,13 @@ pub const MAPS: [MapSpec; 11] = [
         value_size: size::<AffinityValue>(),
         max_entries: TC_AFFINITY_MAX,
     },
+    MapSpec {
+        name: MAP_CLUSTER_IPS,
+        kind: MapKind::Hash,
+        key_size: size::<Addr>(),
+        value_size: size::<u32>(),
+        max_entries: CLUSTER_IPS_MAX,
+    },
 ];
 
 /// Names of the socket programs and their hooks, in attach order.
@@ -533,11 +547,12 @@ pub const TC_POD_INGRESS: &str = "kp_tc_from_pod";
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counter, NatKey, NatValue,
-        RevSockKey, RevSockValue, ServiceKey, ServiceValue, SourceRange, TcAffinityKey,
+        Addr, AffinityKey, AffinityMatchKey, AffinityValue, Backend, Config, Counter, NatKey,
+        NatValue, RevSockKey, RevSockValue, ServiceKey, ServiceValue, SourceRange, TcAffinityKey,
     };
     // SAFETY (all): repr(C), Copy, integers only with explicit padding: every bit pattern
     // is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for Addr {}
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for Backend {}

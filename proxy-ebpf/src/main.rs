@@ -17,10 +17,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use kproxy_common::{
-    AFFINITY_MATCH_MAX, AFFINITY_MAX, AffinityKey, AffinityMatchKey, AffinityValue, BACKENDS_MAX,
-    BPF_F_NO_PREALLOC, Backend, Config, Counter, NAT_MAX, NatKey, NatValue, REV_SOCK_MAX,
-    RevSockKey, RevSockValue, SERVICES_MAX, SOURCE_RANGES_MAX, ServiceKey, ServiceValue,
-    SourceRange, TC_AFFINITY_MAX, TcAffinityKey, counter,
+    AFFINITY_MATCH_MAX, AFFINITY_MAX, Addr, AffinityKey, AffinityMatchKey, AffinityValue,
+    BACKENDS_MAX, BPF_F_NO_PREALLOC, Backend, CLUSTER_IPS_MAX, Config, Counter, NAT_MAX, NatKey,
+    NatValue, REV_SOCK_MAX, RevSockKey, RevSockValue, SERVICES_MAX, SOURCE_RANGES_MAX, ServiceKey,
+    ServiceValue, SourceRange, TC_AFFINITY_MAX, TcAffinityKey, counter,
 };
 
 // Map names must equal kproxy_common::MAP_*: userspace finds and pins them by these names.
@@ -60,6 +60,9 @@ static SOURCE_RANGES: LpmTrie<SourceRange, u32> = LpmTrie::pinned(SOURCE_RANGES_
 #[map(name = "KP_TC_AFFINITY_V1")]
 static TC_AFFINITY: LruHashMap<TcAffinityKey, AffinityValue> =
     LruHashMap::pinned(TC_AFFINITY_MAX, 0);
+
+#[map(name = "KP_CLUSTER_IPS_V1")]
+static CLUSTER_IPS: HashMap<Addr, u32> = HashMap::pinned(CLUSTER_IPS_MAX, BPF_F_NO_PREALLOC);
 
 /// Bumps one per-CPU counter.
 #[inline(always)]

@@ -8,7 +8,8 @@
 //! back. No packet is ever addressed to the Service IP, so no per-packet NAT is needed.
 //!
 //! Verdicts become errors of the syscall (set with `bpf_set_retval`):
-//! reject → ECONNREFUSED (what a TCP RST or ICMP port unreachable gives the client),
+//! reject, and a ClusterIP on a port no service has → ECONNREFUSED (what a TCP RST or
+//! ICMP port unreachable gives the client),
 //! drop → ETIMEDOUT (what a client of a silently dropping path ends with, returned at once
 //! instead of after its retries).
 
@@ -26,7 +27,7 @@ use kproxy_common::{
     RevSockKey, RevSockValue, SCOPE_ALL, SCOPE_NODE, SCOPE_POD, ServiceKey, counter,
 };
 
-use crate::{AFFINITY, AFFINITY_MATCH, BACKENDS, CONFIG, REV_SOCK, SERVICES, count};
+use crate::{AFFINITY, AFFINITY_MATCH, BACKENDS, CLUSTER_IPS, CONFIG, REV_SOCK, SERVICES, count};
 
 /// Hook verdicts: let the syscall go on, or fail it (with the errno set by
 /// `bpf_set_retval`, EPERM otherwise).
@@ -184,6 +185,11 @@ fn forward(ctx: &SockAddrContext, v6: bool) -> i32 {
             key.scope = SCOPE_ALL;
             match unsafe { SERVICES.get(&key) } {
                 Some(v) => *v,
+                // A ClusterIP on a port (or protocol) no service has: refused, as by
+                // kube-proxy's `cluster-ips` reject. Anything else is not ours.
+                None if unsafe { CLUSTER_IPS.get(&addr) }.is_some() => {
+                    return fail(ECONNREFUSED, counter::REJECTED);
+                }
                 None => return PROCEED,
             }
         }

@@ -197,6 +197,7 @@ pub(crate) fn load_and_attach(bpffs: &Path, cgroup: &Path) -> Result<Loaded, Err
             kproxy_common::MAP_SOURCE_RANGES,
             TryFrom::try_from,
         )?,
+        cluster_ips: take(&mut ebpf, kproxy_common::MAP_CLUSTER_IPS, TryFrom::try_from)?,
     };
     Ok(Loaded { ebpf, maps })
 }

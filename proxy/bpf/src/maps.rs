@@ -8,7 +8,8 @@ use std::io;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key as LpmKey};
 use kproxy_common::{
-    AffinityMatchKey, Backend, Config, Counter, ServiceKey, ServiceValue, SourceRange, counter,
+    Addr, AffinityMatchKey, Backend, Config, Counter, ServiceKey, ServiceValue, SourceRange,
+    counter,
 };
 
 /// One `loadBalancerSourceRanges` entry: the LPM prefix length (service id bits
@@ -45,6 +46,9 @@ pub(crate) trait LbMaps {
     fn source_range_update(&mut self, entry: RangeEntry) -> Result<(), MapsError>;
     fn source_range_delete(&mut self, entry: RangeEntry) -> Result<(), MapsError>;
     fn source_ranges(&self) -> Result<Vec<RangeEntry>, MapsError>;
+    fn cluster_ip_update(&mut self, addr: Addr) -> Result<(), MapsError>;
+    fn cluster_ip_delete(&mut self, addr: Addr) -> Result<(), MapsError>;
+    fn cluster_ips(&self) -> Result<Vec<Addr>, MapsError>;
 }
 
 /// The real maps, taken out of the loaded object (and pinned).
@@ -55,6 +59,7 @@ pub(crate) struct KernelMaps {
     pub(crate) config: Array<MapData, Config>,
     pub(crate) counters: PerCpuArray<MapData, Counter>,
     pub(crate) source_ranges: LpmTrie<MapData, SourceRange, u32>,
+    pub(crate) cluster_ips: HashMap<MapData, Addr, u32>,
 }
 
 fn is_missing(e: &MapError) -> bool {
@@ -169,6 +174,24 @@ impl LbMaps for KernelMaps {
             .collect::<Result<_, _>>()
             .map_err(wrap("dump", kproxy_common::MAP_SOURCE_RANGES))
     }
+
+    fn cluster_ip_update(&mut self, addr: Addr) -> Result<(), MapsError> {
+        self.cluster_ips
+            .insert(addr, 1, 0)
+            .map_err(wrap("update", kproxy_common::MAP_CLUSTER_IPS))
+    }
+
+    fn cluster_ip_delete(&mut self, addr: Addr) -> Result<(), MapsError> {
+        idempotent(self.cluster_ips.remove(&addr))
+            .map_err(wrap("delete", kproxy_common::MAP_CLUSTER_IPS))
+    }
+
+    fn cluster_ips(&self) -> Result<Vec<Addr>, MapsError> {
+        self.cluster_ips
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(wrap("dump", kproxy_common::MAP_CLUSTER_IPS))
+    }
 }
 
 #[cfg(test)]
@@ -178,7 +201,7 @@ pub(crate) mod fake {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::{LbMaps, MapError, MapsError, RangeEntry};
-    use kproxy_common::{AffinityMatchKey, Backend, ServiceKey, ServiceValue};
+    use kproxy_common::{Addr, AffinityMatchKey, Backend, ServiceKey, ServiceValue};
 
     /// Operations performed, by kind.
     #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +214,8 @@ pub(crate) mod fake {
         pub(crate) match_deletes: usize,
         pub(crate) range_updates: usize,
         pub(crate) range_deletes: usize,
+        pub(crate) cluster_ip_updates: usize,
+        pub(crate) cluster_ip_deletes: usize,
     }
 
     impl Ops {
@@ -203,6 +228,8 @@ pub(crate) mod fake {
                 + self.match_deletes
                 + self.range_updates
                 + self.range_deletes
+                + self.cluster_ip_updates
+                + self.cluster_ip_deletes
         }
     }
 
@@ -213,6 +240,8 @@ pub(crate) mod fake {
         ServiceDelete(ServiceKey),
         BackendUpdate(u32),
         BackendDelete(u32),
+        ClusterIpUpdate(Addr),
+        ClusterIpDelete(Addr),
     }
 
     #[derive(Debug, Default, Clone)]
@@ -221,6 +250,7 @@ pub(crate) mod fake {
         pub(crate) backends: BTreeMap<u32, Backend>,
         pub(crate) matches: BTreeSet<AffinityMatchKey>,
         pub(crate) ranges: BTreeSet<RangeEntry>,
+        pub(crate) cluster_ips: BTreeSet<Addr>,
         pub(crate) ops: Ops,
         pub(crate) events: Vec<Event>,
         /// Fail every operation once this many more have succeeded.
@@ -322,6 +352,26 @@ pub(crate) mod fake {
 
         fn source_ranges(&self) -> Result<Vec<RangeEntry>, MapsError> {
             Ok(self.ranges.iter().copied().collect())
+        }
+
+        fn cluster_ip_update(&mut self, addr: Addr) -> Result<(), MapsError> {
+            self.step("cluster_ips")?;
+            self.ops.cluster_ip_updates += 1;
+            self.events.push(Event::ClusterIpUpdate(addr));
+            self.cluster_ips.insert(addr);
+            Ok(())
+        }
+
+        fn cluster_ip_delete(&mut self, addr: Addr) -> Result<(), MapsError> {
+            self.step("cluster_ips")?;
+            self.ops.cluster_ip_deletes += 1;
+            self.events.push(Event::ClusterIpDelete(addr));
+            self.cluster_ips.remove(&addr);
+            Ok(())
+        }
+
+        fn cluster_ips(&self) -> Result<Vec<Addr>, MapsError> {
+            Ok(self.cluster_ips.iter().copied().collect())
         }
     }
 }

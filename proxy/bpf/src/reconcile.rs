@@ -10,7 +10,11 @@
 //! 2. affinity-match entries for new (service, backend) pairs;
 //! 3. per frontend: slots `1..=new_count` whose backend changed, then the frontend entry
 //!    (slot 0) with the new count and flags: the commit point for readers;
-//! 4. frontends no longer wanted lose their slot-0 entry (readers stop finding them);
+//! 4. frontends no longer wanted lose their slot-0 entry (readers stop finding them); then
+//!    ClusterIPs: one enters `KP_CLUSTER_IPS_V1` only now, after its frontends, so a
+//!    connect to a new service's port is never refused in between; it leaves once no
+//!    service port has it any more (at once: a stale entry only refuses connections to an
+//!    address no service has);
 //! 5. affinity-match entries for pairs that went away;
 //! 6. slots beyond a frontend's new count, and backends no slot references any more, are
 //!    *retired*, not deleted.
@@ -102,6 +106,12 @@ pub(crate) struct Reconciler {
     matches: BTreeSet<AffinityMatchKey>,
     /// Source-range entries in the map.
     ranges: BTreeSet<RangeEntry>,
+    /// ClusterIPs in the map.
+    cluster_ips: BTreeSet<Addr>,
+    /// Service ports having each ClusterIP (several ports of a Service share one).
+    cluster_ip_refs: BTreeMap<Addr, usize>,
+    /// The ClusterIPs each port had at its last sync.
+    port_cluster_ips: BTreeMap<ServicePortKey, BTreeSet<Addr>>,
     /// Every port that wants a frontend entry; the first one owns it.
     claims: BTreeMap<ServiceKey, BTreeSet<ServicePortKey>>,
     /// What each port wanted at its last sync.
@@ -211,6 +221,16 @@ fn check_port(port: &ServicePort) {
             "external frontends without an external verdict are ignored"
         );
     }
+}
+
+/// The ClusterIPs of a service port (of its family; others are warned about by
+/// `check_port`).
+fn cluster_ips_of(port: &ServicePort) -> BTreeSet<Addr> {
+    port.frontends
+        .iter()
+        .filter(|f| f.kind == FrontendKind::ClusterIp && IpFamily::of(&f.ip) == port.key.family)
+        .map(|f| addr_of(f.ip))
+        .collect()
 }
 
 /// The entries a service port wants, by frontend entry key.
@@ -338,6 +358,9 @@ impl Reconciler {
         }
         r.matches = maps.affinity_matches()?.into_iter().collect();
         r.ranges = maps.source_ranges()?.into_iter().collect();
+        // Which ports have them is learnt by the first full sync, which also removes
+        // those no port has.
+        r.cluster_ips = maps.cluster_ips()?.into_iter().collect();
         r.next_service_id = r.used_service_ids.last().map_or(1, |m| m.wrapping_add(1));
         r.next_backend_id = r.backends.keys().last().map_or(1, |m| m.wrapping_add(1));
         Ok(r)
@@ -358,6 +381,7 @@ impl Reconciler {
     ) -> Result<SyncStats, MapsError> {
         let mut affected: BTreeSet<ServicePortKey> = model.ports.keys().cloned().collect();
         affected.extend(self.port_frontends.keys().cloned());
+        affected.extend(self.port_cluster_ips.keys().cloned());
         let orphans: BTreeSet<ServiceKey> = self
             .frontends
             .keys()
@@ -365,9 +389,8 @@ impl Reconciler {
             .copied()
             .collect();
         let stats = self.sync(maps, model, &affected, orphans, true, now);
-        if stats.is_ok() {
-            self.synced = true;
-        }
+        // A failed one leaves the bookkeeping ahead of the maps, as in `sync_partial`.
+        self.synced = stats.is_ok();
         stats
     }
 
@@ -414,6 +437,33 @@ impl Reconciler {
     ) -> Result<SyncStats, MapsError> {
         let mut stats = SyncStats::default();
         self.sweep(maps, now, &mut stats)?;
+
+        // ClusterIPs whose use count changes. A full sync checks every one, so a write a
+        // failed sync did not make is made now.
+        let mut touched_ips: BTreeSet<Addr> = BTreeSet::new();
+        for key in affected {
+            let new = model.ports.get(key).map(cluster_ips_of).unwrap_or_default();
+            let old = self.port_cluster_ips.remove(key).unwrap_or_default();
+            for ip in old.difference(&new) {
+                if let Some(n) = self.cluster_ip_refs.get_mut(ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.cluster_ip_refs.remove(ip);
+                    }
+                }
+            }
+            for ip in new.difference(&old) {
+                *self.cluster_ip_refs.entry(*ip).or_default() += 1;
+            }
+            touched_ips.extend(old.symmetric_difference(&new).copied());
+            if !new.is_empty() {
+                self.port_cluster_ips.insert(key.clone(), new);
+            }
+        }
+        if full {
+            touched_ips.extend(self.cluster_ips.iter().copied());
+            touched_ips.extend(self.cluster_ip_refs.keys().copied());
+        }
 
         // Claims: who wants which frontend entry now.
         let mut desired: BTreeMap<ServicePortKey, BTreeMap<ServiceKey, Desired>> = BTreeMap::new();
@@ -576,6 +626,21 @@ impl Reconciler {
         for fe in &touched {
             if !owners.contains_key(fe) {
                 self.remove_frontend(maps, fe, now, &mut stats)?;
+            }
+        }
+
+        // 4, continued: ClusterIPs, after the frontends.
+        for ip in touched_ips {
+            let wanted = self.cluster_ip_refs.contains_key(&ip);
+            let written = self.cluster_ips.contains(&ip);
+            if wanted && !written {
+                maps.cluster_ip_update(ip)?;
+                stats.updates += 1;
+                self.cluster_ips.insert(ip);
+            } else if !wanted && written {
+                maps.cluster_ip_delete(ip)?;
+                stats.deletes += 1;
+                self.cluster_ips.remove(&ip);
             }
         }
 
@@ -906,10 +971,17 @@ mod tests {
     }
 
     /// Replays a sync's events from the map state before it: every frontend entry a reader
-    /// could have read at any point must still resolve at every later point of the sync.
+    /// could have read at any point must still resolve at every later point of the sync,
+    /// and a frontend the sync creates on an address that was no ClusterIP before is
+    /// never refused (ClusterIP listed, frontend not yet there) in between.
     fn assert_no_reader_misses(before: &FakeMaps, after: &FakeMaps) {
         let mut replay = before.clone();
         let mut seen: Vec<(ServiceKey, ServiceValue)> = masters(&replay);
+        let created: Vec<ServiceKey> = masters(after)
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !before.services.contains_key(k) && !before.cluster_ips.contains(&k.addr))
+            .collect();
         for (i, event) in after.events[before.events.len()..].iter().enumerate() {
             match event {
                 Event::ServiceUpdate(k, v) => {
@@ -924,6 +996,18 @@ mod tests {
                 Event::BackendDelete(id) => {
                     replay.backends.remove(id);
                 }
+                Event::ClusterIpUpdate(addr) => {
+                    replay.cluster_ips.insert(*addr);
+                }
+                Event::ClusterIpDelete(addr) => {
+                    replay.cluster_ips.remove(addr);
+                }
+            }
+            for k in &created {
+                assert!(
+                    !replay.cluster_ips.contains(&k.addr) || replay.services.contains_key(k),
+                    "after event {i} {event:?}: new frontend {k:?} refused"
+                );
             }
             seen.extend(masters(&replay));
             for (k, v) in &seen {
@@ -946,7 +1030,7 @@ mod tests {
             .sync_full(&mut maps, &model([port("a", 1, &[1, 2, 3])]), now)
             .unwrap();
         assert_eq!(stats.frontends, 1);
-        assert_eq!(stats.updates, 3 + 3 + 1);
+        assert_eq!(stats.updates, 3 + 3 + 1 + 1);
         let kinds: Vec<u8> = maps
             .events
             .iter()
@@ -954,10 +1038,11 @@ mod tests {
                 Event::BackendUpdate(_) => 0,
                 Event::ServiceUpdate(k, _) if k.slot > 0 => 1,
                 Event::ServiceUpdate(..) => 2,
+                Event::ClusterIpUpdate(_) => 3,
                 _ => 9,
             })
             .collect();
-        assert_eq!(kinds, [0, 0, 0, 1, 1, 1, 2]);
+        assert_eq!(kinds, [0, 0, 0, 1, 1, 1, 2, 3]);
         let [(key, master)] = masters(&maps)[..] else {
             panic!("one frontend")
         };
@@ -1027,7 +1112,10 @@ mod tests {
             .sync_full(&mut maps, &model([port("a", 1, &[1])]), now)
             .unwrap();
         assert_no_reader_misses(&before, &maps);
-        assert_eq!(stats.deletes, 1, "only b's frontend entry goes at once");
+        assert_eq!(
+            stats.deletes, 2,
+            "only b's frontend entry and its ClusterIP go at once"
+        );
         assert_eq!(
             stats.pending_deletes,
             2 + 1 + 2 + 1,
@@ -1140,7 +1228,11 @@ mod tests {
         let stats = r2
             .sync_partial(&mut maps, &model([port("a", 1, &[1])]), &diff, now)
             .unwrap();
-        assert_eq!(stats.deletes, 1);
+        assert_eq!(stats.deletes, 2, "b's frontend entry and its ClusterIP");
+        assert_eq!(
+            maps.cluster_ips,
+            [addr_of(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)))].into()
+        );
         r2.sync_full(&mut maps, &model([port("a", 1, &[1])]), now + GRACE)
             .unwrap();
         assert_eq!(maps.services.len(), 2);
@@ -1266,8 +1358,160 @@ mod tests {
                 .collect::<BTreeSet<_>>()
         };
         assert_eq!(shape(&maps), shape(&clean));
+        assert_eq!(maps.cluster_ips, clean.cluster_ips);
         for (k, v) in masters(&maps) {
             assert_resolvable(&maps, &k, &v, "after recovery");
         }
+    }
+
+    /// Another port of `base`'s Service: same ClusterIP, its own port number and protocol.
+    fn sibling(base: &ServicePort, name: &str, number: u16, protocol: Protocol) -> ServicePort {
+        let mut p = base.clone();
+        p.key.name.port_name = name.into();
+        p.key.name.protocol = protocol;
+        p.port = number;
+        for f in &mut p.frontends {
+            f.port = number;
+        }
+        p
+    }
+
+    /// The ClusterIPs of `m`, computed from the model alone.
+    fn model_cluster_ips(m: &ProxyModel) -> BTreeSet<Addr> {
+        m.ports
+            .values()
+            .flat_map(|p| &p.frontends)
+            .filter(|f| f.kind == FrontendKind::ClusterIp)
+            .map(|f| addr_of(f.ip))
+            .collect()
+    }
+
+    #[test]
+    fn cluster_ip_map_holds_exactly_the_models_cluster_ips() {
+        let (mut maps, mut r, now) = start();
+        let web = port("web", 1, &[1]);
+        let web_dns = sibling(&web, "dns", 53, Protocol::Udp);
+        let mut np = port("np", 2, &[2]);
+        let node = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        np.frontends.push(Frontend {
+            kind: FrontendKind::NodePort,
+            ip: node,
+            port: 30080,
+        });
+        np.external = Some(ExternalTraffic {
+            verdict: np.internal.clone(),
+            masquerade: true,
+            pod_sources_use_cluster: Vec::new(),
+            node_sources_use_cluster: false,
+            cluster_verdict: np.internal.clone(),
+        });
+        let mut v6 = port("v6", 3, &[]);
+        let vip6: IpAddr = "2001:db8:96::3".parse().unwrap();
+        v6.key.family = IpFamily::V6;
+        v6.cluster_ip = vip6;
+        v6.frontends[0].ip = vip6;
+        let addr = |last| addr_of(IpAddr::V4(Ipv4Addr::new(198, 51, 100, last)));
+
+        let m1 = model([web.clone(), web_dns.clone(), np.clone(), v6.clone()]);
+        r.sync_full(&mut maps, &m1, now).unwrap();
+        assert_eq!(maps.cluster_ips, model_cluster_ips(&m1));
+        assert_eq!(
+            maps.cluster_ips,
+            [addr(1), addr(2), addr_of(vip6)].into(),
+            "one entry per ClusterIP, none for the node address"
+        );
+        assert_eq!(maps.ops.cluster_ip_updates, 3, "shared by web's two ports");
+
+        // One of web's ports goes: its ClusterIP stays for the other.
+        let m2 = model([web_dns.clone(), np.clone(), v6.clone()]);
+        let diff = ModelDiff {
+            removed: vec![web.key.clone()],
+            ..ModelDiff::default()
+        };
+        let before = maps.clone();
+        r.sync_partial(&mut maps, &m2, &diff, now).unwrap();
+        assert_no_reader_misses(&before, &maps);
+        assert_eq!(maps.cluster_ips, model_cluster_ips(&m2));
+        assert_eq!(maps.ops.cluster_ip_deletes, 0);
+
+        // A new port on web's address comes, the last old one goes, a ClusterIP changes:
+        // the new frontends are never refused in between.
+        let web_8080 = sibling(&web, "alt", 8080, Protocol::Tcp);
+        let mut np_moved = np.clone();
+        np_moved.cluster_ip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 4));
+        np_moved.frontends[0].ip = np_moved.cluster_ip;
+        let m3 = model([web_8080.clone(), np_moved.clone(), v6.clone()]);
+        let diff = ModelDiff {
+            added: vec![web_8080.key.clone()],
+            updated: vec![np_moved.key.clone()],
+            removed: vec![web_dns.key.clone()],
+            ..ModelDiff::default()
+        };
+        let before = maps.clone();
+        r.sync_partial(&mut maps, &m3, &diff, now).unwrap();
+        assert_no_reader_misses(&before, &maps);
+        assert_eq!(maps.cluster_ips, model_cluster_ips(&m3));
+        assert_eq!(maps.cluster_ips, [addr(1), addr(4), addr_of(vip6)].into());
+
+        // Everything goes.
+        let diff = ModelDiff {
+            removed: m3.ports.keys().cloned().collect(),
+            ..ModelDiff::default()
+        };
+        r.sync_partial(&mut maps, &model([]), &diff, now).unwrap();
+        assert!(maps.cluster_ips.is_empty(), "{:?}", maps.cluster_ips);
+    }
+
+    #[test]
+    fn cluster_ips_are_recovered_and_cleaned_after_a_restart() {
+        let (mut maps, mut r, now) = start();
+        let a = port("a", 1, &[1]);
+        let b = port("b", 2, &[2]);
+        let m = model([a.clone(), sibling(&a, "dns", 53, Protocol::Udp), b]);
+        r.sync_full(&mut maps, &m, now).unwrap();
+        assert_eq!(maps.cluster_ips.len(), 2);
+
+        let mut r2 = Reconciler::recover(&maps, now).unwrap();
+        let before = maps.ops;
+        let stats = r2.sync_full(&mut maps, &m, now).unwrap();
+        assert_eq!((stats.updates, stats.deletes), (0, 0));
+        assert_eq!(maps.ops, before, "recovered ClusterIPs are not rewritten");
+
+        // b went away while no agent ran; a's ports share its ClusterIP.
+        let mut r3 = Reconciler::recover(&maps, now).unwrap();
+        let m2 = model([a.clone(), sibling(&a, "dns", 53, Protocol::Udp)]);
+        r3.sync_full(&mut maps, &m2, now).unwrap();
+        assert_eq!(maps.cluster_ips, model_cluster_ips(&m2));
+        // Later partial syncs know both of a's ports use it.
+        let diff = ModelDiff {
+            removed: vec![a.key.clone()],
+            ..ModelDiff::default()
+        };
+        let m3 = model([sibling(&a, "dns", 53, Protocol::Udp)]);
+        r3.sync_partial(&mut maps, &m3, &diff, now).unwrap();
+        assert_eq!(maps.cluster_ips, model_cluster_ips(&m3));
+        assert_eq!(maps.cluster_ips.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_cluster_ip_write_is_made_by_the_next_sync() {
+        let (mut maps, mut r, now) = start();
+        let m = model([port("a", 1, &[1])]);
+        // Backend, slot and frontend succeed; the ClusterIP write fails.
+        maps.fail_after = Some(3);
+        assert!(r.sync_full(&mut maps, &m, now).is_err());
+        assert!(maps.cluster_ips.is_empty());
+        maps.fail_after = None;
+        r.sync_full(&mut maps, &m, now).unwrap();
+        assert_eq!(maps.cluster_ips, model_cluster_ips(&m));
+
+        // The same after a synced state, with an empty partial sync next.
+        let m2 = model([port("a", 1, &[1]), port("b", 2, &[2])]);
+        maps.fail_after = Some(3);
+        assert!(r.sync_full(&mut maps, &m2, now).is_err());
+        maps.fail_after = None;
+        r.sync_partial(&mut maps, &m2, &ModelDiff::default(), now)
+            .unwrap();
+        assert_eq!(maps.cluster_ips, model_cluster_ips(&m2));
     }
 }

@@ -138,7 +138,10 @@ fn reject_refuses_and_drop_times_out() {
     );
     drop_tcp.internal_policy_local = true;
     drop_tcp.internal = Verdict::Drop;
-    dp.sync_full(&model([reject_tcp, reject_udp, drop_tcp]))
+    // A served ClusterIP: its other ports and protocols are refused, as kube-proxy's
+    // `cluster-ips` reject does.
+    let web = cluster_ip("web", Protocol::Tcp, vip(22), 80, lab.endpoints());
+    dp.sync_full(&model([reject_tcp, reject_udp, drop_tcp, web.clone()]))
         .expect("sync");
 
     for (who, host) in [("node", &lab.a as &dyn HostRef), ("pod", &lab.client)] {
@@ -157,10 +160,47 @@ fn reject_refuses_and_drop_times_out() {
             matches!(r, Err(ClientError::Timeout)),
             "TCP drop from the {who}: {r:?}"
         );
+        let r = host.tcp(SocketAddr::new(vip(22), 80));
+        assert!(r.is_ok(), "TCP to the served port from the {who}: {r:?}");
+        let r = host.tcp(SocketAddr::new(vip(22), 81));
+        assert!(
+            matches!(r, Err(ClientError::Refused)),
+            "TCP to a ClusterIP on an unknown port from the {who}: {r:?}"
+        );
+        let r = host.udp(SocketAddr::new(vip(22), 80));
+        assert!(
+            matches!(r, Err(ClientError::Refused)),
+            "UDP to a ClusterIP with TCP ports only from the {who}: {r:?}"
+        );
     }
+    // sendto (sendmsg4) and connect (connect4) of UDP, and TCP connect, from a pod.
+    let view = view_from(&lab.client, SocketAddr::new(vip(22), 81));
+    assert_refused(&view, "unknown port of a ClusterIP");
     let counters = dp.counters().expect("counters");
-    assert_eq!(counters[counter::REJECTED as usize], 4, "{counters:?}");
+    assert_eq!(
+        counters[counter::REJECTED as usize],
+        4 + 4 + 3,
+        "{counters:?}"
+    );
     assert_eq!(counters[counter::DROPPED as usize], 2, "{counters:?}");
+
+    // Once no service has the ClusterIP, it is not refused any more: a UDP connect to it
+    // succeeds (it sends nothing), where it was refused above.
+    let diff = kproxy_model::ModelDiff {
+        removed: vec![web.key.clone()],
+        ..Default::default()
+    };
+    let rest = model([
+        cluster_ip("empty", Protocol::Tcp, vip(20), 80, Vec::new()),
+        cluster_ip("empty", Protocol::Udp, vip(20), 53, Vec::new()),
+    ]);
+    dp.sync_partial(&rest, &diff).expect("partial sync");
+    let view = view_from(&lab.client, SocketAddr::new(vip(22), 81));
+    assert_eq!(
+        view.udp_peer,
+        Ok(SocketAddr::new(vip(22), 81)),
+        "a former ClusterIP is left alone"
+    );
     drop(dp);
     BpfDataplane::cleanup(lab.a.bpffs_path()).expect("cleanup");
 }
@@ -425,12 +465,44 @@ fn ipv6_and_v4_mapped_clients_are_balanced() {
     let (name, peer) = view.tcp.expect("v4-mapped TCP");
     assert!(expected.contains(&name), "{name}");
     assert_eq!(peer, mapped, "getpeername shows the mapped VIP");
+
+    // Unknown ports of a ClusterIP are refused through sendmsg6 and connect6 too, for an
+    // IPv6 ClusterIP and for an IPv4 one reached as ::ffff:a.b.c.d.
+    assert_refused(
+        &view_from(&lab.client, SocketAddr::new(vip6, 81)),
+        "unknown port of an IPv6 ClusterIP",
+    );
+    assert_refused(
+        &view_from(&lab.client, SocketAddr::new(mapped.ip(), 81)),
+        "unknown port of a v4-mapped ClusterIP",
+    );
     assert_eq!(
         dp.counters().expect("counters")[counter::LOOKUP_MISS as usize],
         0
     );
     drop(dp);
     BpfDataplane::cleanup(lab.a.bpffs_path()).expect("cleanup");
+}
+
+/// Every socket of `view` (unconnected UDP `sendto`, UDP `connect`, TCP `connect`) was
+/// refused with ECONNREFUSED.
+fn assert_refused(view: &common::SocketView, what: &str) {
+    let refused = |e: Option<&String>| e.is_some_and(|e| e.contains("os error 111"));
+    assert!(
+        refused(view.udp_from.as_ref().err()),
+        "UDP sendto, {what}: {:?}",
+        view.udp_from
+    );
+    assert!(
+        refused(view.udp_peer.as_ref().err()),
+        "UDP connect, {what}: {:?}",
+        view.udp_peer
+    );
+    assert!(
+        refused(view.tcp.as_ref().err()),
+        "TCP connect, {what}: {:?}",
+        view.tcp
+    );
 }
 
 /// Ids of the programs the pinned links of `node` hold.

@@ -3,7 +3,12 @@
 //!
 //! Usage: `kproxy-demo PATH/TO/kproxy [MODE...]` (modes: nftables, ebpf; default nftables).
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use kproxy_tests::{
@@ -149,7 +154,7 @@ fn table(w: &World) {
     );
 }
 
-fn demo(kproxy: &PathBuf, mode: Mode) -> Result<()> {
+fn demo(kproxy: &Path, mode: Mode) -> Result<()> {
     println!("\n=== kproxy --proxy-mode {} ===", mode.flag());
     let w = World::new("demo", kproxy, mode)?;
     println!(

@@ -74,7 +74,7 @@ fn main() {
     st2.slices.insert(key.clone(), Arc::new(slice));
     let t = Instant::now();
     let changes = Changes::Keys {
-        services: Default::default(),
+        services: std::collections::BTreeSet::default(),
         slices: [key].into(),
         node: false,
     };

@@ -1,26 +1,30 @@
 //! The incremental model equals a full build after every change, and reports the same diff.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{collections::BTreeSet, fmt::Write as _, sync::Arc};
 
 use super::fixtures::{config, state};
 use crate::{Changes, ClusterState, Incremental, ObjectKey, build, diff};
 
 fn services(n: usize) -> String {
-    (0..n)
-        .map(|i| {
-            format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: t}}\nspec: {{clusterIP: 198.51.100.{ip}, clusterIPs: [198.51.100.{ip}], ports: [{{name: dns, port: 53, protocol: UDP}}]}}\n",
-                ip = i + 1
-            )
-        })
-        .collect()
+    let mut out = String::new();
+    for i in 0..n {
+        let ip = i + 1;
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: t}}\nspec: {{clusterIP: 198.51.100.{ip}, clusterIPs: [198.51.100.{ip}], ports: [{{name: dns, port: 53, protocol: UDP}}]}}\n"
+        );
+    }
+    out
 }
 
 fn slice(name: &str, service: &str, ips: &[u8]) -> String {
-    let eps: String = ips
-        .iter()
-        .map(|i| format!("  - {{addresses: [\"10.244.1.{i}\"], nodeName: this-node}}\n"))
-        .collect();
+    let mut eps = String::new();
+    for i in ips {
+        let _ = writeln!(
+            eps,
+            "  - {{addresses: [\"10.244.1.{i}\"], nodeName: this-node}}"
+        );
+    }
     format!(
         "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: t, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n{eps}"
     )

@@ -204,12 +204,12 @@ impl<S: Source, D: Dataplane> SyncLoop<S, D> {
             if !self.stale.is_empty() {
                 // The new state is in the kernel; flows still pinned to removed endpoints
                 // would black-hole UDP clients until they time out.
-                let stale = std::mem::take(&mut self.stale);
+                let gone = std::mem::take(&mut self.stale);
                 let cleanup_started = Instant::now();
-                let result = self.dataplane.clear_stale_flows(&stale);
+                let result = self.dataplane.clear_stale_flows(&gone);
                 self.observer.stale_flows_cleared(cleanup_started.elapsed(), result.as_ref().ok().copied());
                 match result {
-                    Ok(n) => debug!(stale = stale.len(), flows_deleted = n, "cleared stale UDP flows"),
+                    Ok(n) => debug!(stale = gone.len(), flows_deleted = n, "cleared stale UDP flows"),
                     Err(e) => warn!(error = %e, cause = %error_chain(&e), "clearing stale UDP flows failed"),
                 }
             }

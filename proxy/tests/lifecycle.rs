@@ -3,6 +3,7 @@
 //! their conntrack flows.
 
 use std::{
+    fmt::Write as _,
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, UdpSocket},
     path::Path,
@@ -35,11 +36,12 @@ fn web_manifest(world: &World, eps: &[&str]) -> String {
     );
     for ep in eps {
         let p = world.pod(ep);
-        out.push_str(&format!(
-            "- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n  nodeName: {}\n",
+        let _ = writeln!(
+            out,
+            "- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n  nodeName: {}",
             p.ipv4(),
             p.node().name()
-        ));
+        );
     }
     out
 }
@@ -61,24 +63,24 @@ fn background_requests(
 ) -> (thread::JoinHandle<()>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
-    let (w, s, o, f) = (
+    let (world, stop, ok_count, failed_count) = (
         Arc::clone(world),
         Arc::clone(stop),
         Arc::clone(&ok),
         Arc::clone(&failed),
     );
     let handle = thread::spawn(move || {
-        while !s.load(Ordering::Relaxed) {
-            match w.request(
+        while !stop.load(Ordering::Relaxed) {
+            match world.request(
                 Client::PodA,
                 Proto::Tcp,
                 SocketAddr::new(WEB.parse().unwrap(), 80),
                 Duration::from_secs(3),
             ) {
-                Ok(_) => o.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
-                    eprintln!("request failed: {e}");
-                    f.fetch_add(1, Ordering::Relaxed)
+                Ok(_) => ok_count.fetch_add(1, Ordering::Relaxed),
+                Err(error) => {
+                    eprintln!("request failed: {error}");
+                    failed_count.fetch_add(1, Ordering::Relaxed)
                 }
             };
         }

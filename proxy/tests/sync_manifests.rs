@@ -2,6 +2,7 @@
 //! converge, broken input keeps the last good state, failures force a full resync.
 
 use std::{
+    fmt::Write as _,
     fs,
     path::Path,
     time::{Duration, Instant},
@@ -26,14 +27,13 @@ fn service(name: &str, ip: &str) -> String {
 }
 
 fn slice(service: &str, ips: &[&str]) -> String {
-    let endpoints: String = ips
-        .iter()
-        .map(|ip| {
-            format!(
-                "  - addresses: [{ip}]\n    conditions: {{ready: true}}\n    nodeName: {NODE}\n"
-            )
-        })
-        .collect();
+    let mut endpoints = String::new();
+    for ip in ips {
+        let _ = writeln!(
+            endpoints,
+            "  - addresses: [{ip}]\n    conditions: {{ready: true}}\n    nodeName: {NODE}"
+        );
+    }
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  namespace: demo\n  \
          labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\n\
@@ -74,6 +74,7 @@ fn write(dir: &Path, file: &str, text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 async fn manifests_edits_converge_and_bad_input_keeps_last_good_state() {
     let dir = tempdir();
     write(
@@ -89,7 +90,7 @@ async fn manifests_edits_converge_and_bad_input_keeps_last_good_state() {
     let source = ManifestsSource::new(&dir, NODE).unwrap();
     let config = SyncConfig {
         min_sync_period: Duration::from_millis(100),
-        sync_period: Duration::from_secs(3600),
+        sync_period: Duration::from_hours(1),
         model: ModelConfig {
             node_name: NODE.into(),
             ..ModelConfig::default()

@@ -1,5 +1,6 @@
 //! kproxy test support.
 
+pub mod bench;
 pub mod conformance;
 pub mod fakeapi;
 pub mod lab;

@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{cargo, is_root, output, run};
+use crate::util::{cargo, is_root, run};
 
 /// `cargo xtask bench` arguments.
 #[derive(Debug, clap::Args)]
@@ -35,9 +35,6 @@ pub(crate) struct BenchArgs {
     extra: Vec<String>,
 }
 
-/// The baselines load kube-proxy's iptables layout with the real tool.
-const APT_PACKAGES: &[&str] = &["iptables"];
-
 pub(crate) fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks build network namespaces and program the kernel: run as root");
@@ -47,7 +44,8 @@ pub(crate) fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         s @ ("control-plane" | "datapath") => vec![s],
         other => bail!("unknown suite {other:?}: control-plane, datapath or all"),
     };
-    apt_packages()?;
+    // `setup` (run by main before this) installs iptables, which the baselines load
+    // kube-proxy's iptables layout with.
     run(cargo().args([
         "build",
         "--release",
@@ -84,26 +82,4 @@ pub(crate) fn bench(root: &Path, args: &BenchArgs) -> Result<()> {
         run(&mut cmd).with_context(|| format!("the {suite} suite"))?;
     }
     Ok(())
-}
-
-/// Installs what only the benchmarks need, when missing; quiet otherwise.
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| {
-            output(Command::new("dpkg-query").args(["-W", "-f", "${Status}", pkg]))
-                .is_none_or(|s| !s.contains("install ok installed"))
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    println!("bench: installing apt packages: {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| format!("by hand: apt-get install {}", missing.join(" ")))
 }

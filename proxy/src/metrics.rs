@@ -57,6 +57,49 @@ type Label1 = [(&'static str, &'static str); 1];
 /// Two static labels.
 type Label2 = [(&'static str, &'static str); 2];
 
+/// Every metric family exported from the first sync on, with its Prometheus type:
+/// kube-proxy's names where the meaning is the same, then kproxy's own. (The eBPF verdict
+/// family appears once the eBPF datapath reports.) Tests hold the server to this list.
+pub const EXPORTED_FAMILIES: &[(&str, &str)] = &[
+    ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
+    (
+        "kubeproxy_sync_full_proxy_rules_duration_seconds",
+        "histogram",
+    ),
+    (
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+        "histogram",
+    ),
+    (
+        "kubeproxy_network_programming_duration_seconds",
+        "histogram",
+    ),
+    ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge"),
+    (
+        "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+        "gauge",
+    ),
+    ("kubeproxy_sync_proxy_rules_endpoint_changes", "counter"),
+    ("kubeproxy_sync_proxy_rules_service_changes", "counter"),
+    (
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+        "gauge",
+    ),
+    ("kubeproxy_proxy_healthz", "counter"),
+    ("kubeproxy_proxy_livez", "counter"),
+    (
+        "kubeproxy_sync_proxy_rules_nftables_sync_failures",
+        "counter",
+    ),
+    (
+        "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+        "histogram",
+    ),
+    ("kubeproxy_conntrack_reconciler_deleted_entries", "counter"),
+    ("kproxy_sync_failures", "counter"),
+    ("kproxy_datapath_elements", "gauge"),
+];
+
 /// Every metric kproxy exports, and the registry that encodes them. Clones share the
 /// metrics.
 #[derive(Clone)]
@@ -562,46 +605,8 @@ mod tests {
             .get_or_create(&[("hook", "connect4"), ("verdict", "forward")])
             .inc();
         let text = m.encode();
-        for (name, kind) in [
-            ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
-            (
-                "kubeproxy_sync_full_proxy_rules_duration_seconds",
-                "histogram",
-            ),
-            (
-                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
-                "histogram",
-            ),
-            (
-                "kubeproxy_network_programming_duration_seconds",
-                "histogram",
-            ),
-            ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge"),
-            (
-                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-                "gauge",
-            ),
-            ("kubeproxy_sync_proxy_rules_endpoint_changes", "counter"),
-            ("kubeproxy_sync_proxy_rules_service_changes", "counter"),
-            (
-                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
-                "gauge",
-            ),
-            ("kubeproxy_proxy_healthz", "counter"),
-            ("kubeproxy_proxy_livez", "counter"),
-            (
-                "kubeproxy_sync_proxy_rules_nftables_sync_failures",
-                "counter",
-            ),
-            (
-                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
-                "histogram",
-            ),
-            ("kubeproxy_conntrack_reconciler_deleted_entries", "counter"),
-            ("kproxy_sync_failures", "counter"),
-            ("kproxy_datapath_elements", "gauge"),
-            ("kproxy_ebpf_verdicts", "counter"),
-        ] {
+        let ebpf = [("kproxy_ebpf_verdicts", "counter")];
+        for &(name, kind) in EXPORTED_FAMILIES.iter().chain(&ebpf) {
             assert_eq!(type_of(&text, name), Some(kind), "{name} in\n{text}");
         }
         assert!(

@@ -280,45 +280,7 @@ fn health_check_node_ports_health_metrics_and_sigterm() {
 
     // Metrics on a, after these syncs: every listed metric with its type.
     let text = metrics_text(&world, "a");
-    for (name, kind) in [
-        ("kubeproxy_sync_proxy_rules_duration_seconds", "histogram"),
-        (
-            "kubeproxy_sync_full_proxy_rules_duration_seconds",
-            "histogram",
-        ),
-        (
-            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
-            "histogram",
-        ),
-        (
-            "kubeproxy_network_programming_duration_seconds",
-            "histogram",
-        ),
-        ("kubeproxy_sync_proxy_rules_last_timestamp_seconds", "gauge"),
-        (
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "gauge",
-        ),
-        ("kubeproxy_sync_proxy_rules_endpoint_changes", "counter"),
-        ("kubeproxy_sync_proxy_rules_service_changes", "counter"),
-        (
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
-            "gauge",
-        ),
-        ("kubeproxy_proxy_healthz", "counter"),
-        ("kubeproxy_proxy_livez", "counter"),
-        (
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures",
-            "counter",
-        ),
-        (
-            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
-            "histogram",
-        ),
-        ("kubeproxy_conntrack_reconciler_deleted_entries", "counter"),
-        ("kproxy_sync_failures", "counter"),
-        ("kproxy_datapath_elements", "gauge"),
-    ] {
+    for (name, kind) in kproxy::metrics::EXPORTED_FAMILIES {
         let line = format!("# TYPE {name} {kind}");
         assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
     }

@@ -50,9 +50,13 @@ pub fn cleanup(args: &CleanupArgs) -> Result<()> {
 /// The nftables backend, adapted to the trait.
 struct Nft(NftDataplane);
 
-fn nft_err(operation: &'static str) -> impl FnOnce(kproxy_nft::Error) -> DataplaneError {
+/// Wraps a backend's error with the mode and the operation that failed.
+fn dp_err<E: std::error::Error + Send + Sync + 'static>(
+    mode: ProxyMode,
+    operation: &'static str,
+) -> impl FnOnce(E) -> DataplaneError {
     move |e| DataplaneError {
-        mode: ProxyMode::Nftables,
+        mode,
         operation,
         source: Box::new(e),
     }
@@ -64,7 +68,10 @@ impl Dataplane for Nft {
     }
 
     fn sync_full(&mut self, model: &ProxyModel) -> Result<Applied, DataplaneError> {
-        let stats = self.0.sync_full(model).map_err(nft_err("full sync"))?;
+        let stats = self
+            .0
+            .sync_full(model)
+            .map_err(dp_err(ProxyMode::Nftables, "full sync"))?;
         Ok(Applied {
             kernel_ops: stats.rules + stats.elements,
         })
@@ -78,7 +85,7 @@ impl Dataplane for Nft {
         let stats = self
             .0
             .sync_partial(model, diff)
-            .map_err(nft_err("partial sync"))?;
+            .map_err(dp_err(ProxyMode::Nftables, "partial sync"))?;
         Ok(Applied {
             kernel_ops: stats.rules + stats.elements,
         })
@@ -95,20 +102,13 @@ impl Dataplane for Nft {
                 endpoint: SocketAddr::new(ep.ip, ep.port),
             })
             .collect();
-        kproxy_nft::delete_udp_conntrack(&flows).map_err(nft_err("conntrack cleanup"))
+        kproxy_nft::delete_udp_conntrack(&flows)
+            .map_err(dp_err(ProxyMode::Nftables, "conntrack cleanup"))
     }
 }
 
 /// The eBPF backend, adapted to the trait.
 struct Bpf(BpfDataplane);
-
-fn bpf_err(operation: &'static str) -> impl FnOnce(kproxy_bpf::Error) -> DataplaneError {
-    move |e| DataplaneError {
-        mode: ProxyMode::Ebpf,
-        operation,
-        source: Box::new(e),
-    }
-}
 
 /// What each slot of the eBPF counter map means, as `(hook, verdict)` labels.
 const BPF_COUNTERS: [(u32, &str, &str); 11] = {
@@ -149,7 +149,10 @@ impl Dataplane for Bpf {
     }
 
     fn sync_full(&mut self, model: &ProxyModel) -> Result<Applied, DataplaneError> {
-        let stats = self.0.sync_full(model).map_err(bpf_err("full sync"))?;
+        let stats = self
+            .0
+            .sync_full(model)
+            .map_err(dp_err(ProxyMode::Ebpf, "full sync"))?;
         Ok(Applied {
             kernel_ops: stats.updates + stats.deletes,
         })
@@ -163,7 +166,7 @@ impl Dataplane for Bpf {
         let stats = self
             .0
             .sync_partial(model, diff)
-            .map_err(bpf_err("partial sync"))?;
+            .map_err(dp_err(ProxyMode::Ebpf, "partial sync"))?;
         Ok(Applied {
             kernel_ops: stats.updates + stats.deletes,
         })

@@ -342,10 +342,11 @@ pub struct Counter {
 }
 
 /// Frontends and backend slots ([`ServiceKey`] → [`ServiceValue`]); hash, no prealloc so a
-/// deleted element is freed after an RCU grace period, never reused under a reader.
-pub const MAP_SERVICES: &str = "KP_SERVICES_V1";
-/// Backends (`u32` id → [`Backend`]); hash, no prealloc.
-pub const MAP_BACKENDS: &str = "KP_BACKENDS_V1";
+/// deleted element is freed after an RCU grace period, never reused under a reader. `_V2`:
+/// [`SERVICES_MAX`] grew.
+pub const MAP_SERVICES: &str = "KP_SERVICES_V2";
+/// Backends (`u32` id → [`Backend`]); hash, no prealloc. `_V2`: [`BACKENDS_MAX`] grew.
+pub const MAP_BACKENDS: &str = "KP_BACKENDS_V2";
 /// Session affinity ([`AffinityKey`] → [`AffinityValue`]); LRU.
 pub const MAP_AFFINITY: &str = "KP_AFFINITY_V1";
 /// Backends currently serving each service ([`AffinityMatchKey`] → `u32`, always 1).
@@ -372,11 +373,14 @@ pub const MAP_TC_AFFINITY: &str = "KP_TC_AFFINITY_V1";
 /// kube-proxy's `cluster-ips` reject does.
 pub const MAP_CLUSTER_IPS: &str = "KP_CLUSTER_IPS_V1";
 
-/// Capacity of [`MAP_SERVICES`]: frontends plus slots (Cilium's default is 64k; kproxy
-/// aims at 100k service ports).
-pub const SERVICES_MAX: u32 = 1 << 20;
-/// Capacity of [`MAP_BACKENDS`].
-pub const BACKENDS_MAX: u32 = 1 << 18;
+/// Capacity of [`MAP_SERVICES`]: frontends plus slots (Cilium's default is 64k). kproxy
+/// aims at 100k service ports of 10 endpoints: 1.1M entries for their ClusterIPs alone,
+/// plus external frontends and slots retired within their grace period. No prealloc, so
+/// only the bucket array (16 B per entry of capacity, 32 MiB) is paid up front.
+pub const SERVICES_MAX: u32 = 1 << 21;
+/// Capacity of [`MAP_BACKENDS`]: 100k service ports of 10 distinct endpoints need 1M,
+/// plus backends retired within their grace period (a rollout replaces many at once).
+pub const BACKENDS_MAX: u32 = 1 << 21;
 /// Capacity of [`MAP_AFFINITY`].
 pub const AFFINITY_MAX: u32 = 1 << 16;
 /// Capacity of [`MAP_AFFINITY_MATCH`].

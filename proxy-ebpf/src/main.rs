@@ -25,11 +25,11 @@ use kproxy_common::{
 
 // Map names must equal kproxy_common::MAP_*: userspace finds and pins them by these names.
 
-#[map(name = "KP_SERVICES_V1")]
+#[map(name = "KP_SERVICES_V2")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::pinned(SERVICES_MAX, BPF_F_NO_PREALLOC);
 
-#[map(name = "KP_BACKENDS_V1")]
+#[map(name = "KP_BACKENDS_V2")]
 static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX, BPF_F_NO_PREALLOC);
 
 #[map(name = "KP_AFFINITY_V1")]

@@ -9,9 +9,10 @@
 //! Attachment uses TCX links, pinned at `<bpffs>/kproxy/links/tc-<program>-<device>` so
 //! they stay while no agent runs. A new agent updates the program inside a pinned link
 //! (`BPF_LINK_UPDATE`: atomic, no packet sees an empty hook); a pin whose link died with
-//! its device is replaced by a fresh link. Devices are rescanned before every sync, so a
-//! pod's veth has its program before the pod's endpoint can be chosen as a backend. Pins of
-//! devices that are gone are removed.
+//! its device is replaced by a fresh link. Devices are rescanned by every full sync and by
+//! partial syncs where a port gains a local endpoint (see `BpfDataplane::sync_partial`), so
+//! a pod's veth has its program before the pod's endpoint can be chosen as a backend. Pins
+//! of devices that are gone are removed.
 //!
 //! Everything runs in the network namespace the dataplane was created in, on a helper
 //! thread that enters it, whichever thread calls.

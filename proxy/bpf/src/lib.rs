@@ -12,20 +12,23 @@
 //! the restart sequence are described in this crate's `README.md`.
 
 mod devices;
+pub mod inspect;
 mod loader;
 pub mod maps;
 pub mod object;
 mod reconcile;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io,
+    net::IpAddr,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     time::Instant,
 };
 
 use kproxy_common::Config;
-use kproxy_model::{ModelDiff, ProxyModel};
+use kproxy_model::{ModelDiff, ProxyModel, ServicePort, ServicePortKey};
 
 pub use crate::{maps::CounterValues, reconcile::SyncStats};
 use crate::{maps::MapsError, reconcile::Reconciler};
@@ -162,6 +165,21 @@ pub struct BpfDataplane {
     /// The external devices.
     devices: Vec<String>,
     attached: devices::Attached,
+    /// Local endpoints of each service port at its last sync. A partial sync rescans the
+    /// devices only when a port gains one (its pod's veth may be new); see
+    /// [`BpfDataplane::sync_partial`].
+    local_endpoints: BTreeMap<ServicePortKey, BTreeSet<IpAddr>>,
+    /// The last sync failed (or none ran yet): the next one rescans the devices and
+    /// relearns `local_endpoints` from the whole model.
+    rescan_all: bool,
+}
+
+fn local_endpoints_of(port: &ServicePort) -> BTreeSet<IpAddr> {
+    port.endpoints
+        .iter()
+        .filter(|e| e.is_local)
+        .map(|e| e.ip)
+        .collect()
 }
 
 impl std::fmt::Debug for BpfDataplane {
@@ -206,6 +224,8 @@ impl BpfDataplane {
             netns,
             devices,
             attached: devices::Attached::default(),
+            local_endpoints: BTreeMap::new(),
+            rescan_all: true,
         };
         dp.attach_devices()?;
         tracing::info!(
@@ -219,8 +239,9 @@ impl BpfDataplane {
     }
 
     /// Attaches the tc programs to devices that appeared since the last call (pod veths),
-    /// and forgets those that went away. Runs before every sync, so a new pod's veth has
-    /// its reply program before its endpoint can be chosen.
+    /// and forgets those that went away. Runs before every full sync and before partial
+    /// syncs that add a local endpoint, so a new pod's veth has its reply program before
+    /// its endpoint can be chosen.
     fn attach_devices(&mut self) -> Result<(), Error> {
         let Self {
             ebpf,
@@ -239,31 +260,74 @@ impl BpfDataplane {
     }
 
     /// Writes every difference between the maps and `model`, and removes everything the
-    /// model does not have.
+    /// model does not have. Rescans the devices first.
     pub fn sync_full(&mut self, model: &ProxyModel) -> Result<SyncStats, Error> {
+        self.rescan_all = true;
         self.attach_devices()?;
+        self.local_endpoints = model
+            .ports
+            .iter()
+            .map(|(key, port)| (key.clone(), local_endpoints_of(port)))
+            .filter(|(_, eps)| !eps.is_empty())
+            .collect();
         let stats = self
             .reconciler
             .sync_full(&mut self.maps, model, Instant::now())
             .map_err(|source| Error::Sync { source })?;
+        self.rescan_all = false;
         tracing::info!(?stats, "eBPF full sync");
         Ok(stats)
     }
 
     /// Writes the differences for the service ports `diff` names. `model` is the whole
-    /// new model (ports that take over a released frontend are read from it).
+    /// new model (ports that take over a released frontend are read from it). Its cost
+    /// follows the size of `diff`, not of the model.
+    ///
+    /// The devices are rescanned only when a port named in `diff` gains a local endpoint
+    /// (its pod's veth may be new and needs the reply program before the endpoint can be
+    /// chosen), or after a failed sync. A device that appears for any other reason waits
+    /// for the next full sync: without a local endpoint behind it, nothing of the
+    /// dataplane's goes through it.
     pub fn sync_partial(
         &mut self,
         model: &ProxyModel,
         diff: &ModelDiff,
     ) -> Result<SyncStats, Error> {
-        self.attach_devices()?;
+        if self.rescan_all {
+            return self.sync_full(model);
+        }
+        if self.gains_local_endpoints(model, diff) {
+            self.attach_devices()
+                .inspect_err(|_| self.rescan_all = true)?;
+        }
         let stats = self
             .reconciler
             .sync_partial(&mut self.maps, model, diff, Instant::now())
-            .map_err(|source| Error::Sync { source })?;
+            .map_err(|source| {
+                self.rescan_all = true;
+                Error::Sync { source }
+            })?;
         tracing::info!(?stats, "eBPF partial sync");
         Ok(stats)
+    }
+
+    /// Records the local endpoints of the ports `diff` names; true if one of them has one
+    /// it did not have at its last sync.
+    fn gains_local_endpoints(&mut self, model: &ProxyModel, diff: &ModelDiff) -> bool {
+        let mut gained = false;
+        for key in diff.added.iter().chain(&diff.updated).chain(&diff.removed) {
+            let new = model
+                .ports
+                .get(key)
+                .map(local_endpoints_of)
+                .unwrap_or_default();
+            let old = self.local_endpoints.remove(key).unwrap_or_default();
+            gained |= !new.is_subset(&old);
+            if !new.is_empty() {
+                self.local_endpoints.insert(key.clone(), new);
+            }
+        }
+        gained
     }
 
     /// The socket programs' decision counters, summed over CPUs (indices in

@@ -199,7 +199,30 @@ pub(crate) fn load_and_attach(bpffs: &Path, cgroup: &Path) -> Result<Loaded, Err
         )?,
         cluster_ips: take(&mut ebpf, kproxy_common::MAP_CLUSTER_IPS, TryFrom::try_from)?,
     };
+    remove_retired_map_pins(bpffs)?;
     Ok(Loaded { ebpf, maps })
+}
+
+/// Unpins maps of older layouts (`KP_*` names this build does not use, e.g.
+/// `KP_SERVICES_V1` after a capacity change). Programs still running hold their own
+/// references, so an old program keeps its map until it is replaced.
+fn remove_retired_map_pins(bpffs: &Path) -> Result<(), Error> {
+    let dir = maps_dir(bpffs);
+    let entries = fs::read_dir(&dir).map_err(io_error("listing", &dir))?;
+    for entry in entries {
+        let path = entry.map_err(io_error("listing", &dir))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with("KP_") && !MAPS.iter().any(|spec| spec.name == name) {
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!(map = name, "unpinned a map of an older layout"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("unpinning", &path)(e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes every pin kproxy made under `bpffs`: links first (which detaches the programs

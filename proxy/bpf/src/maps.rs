@@ -74,6 +74,24 @@ fn wrap(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsErr
     move |source| MapsError { op, map, source }
 }
 
+/// A failed insert; a full map (`E2BIG` from a hash map, `ENOSPC` from an LPM trie) says
+/// so, since the fix is a bigger map (`kproxy_common::MAPS`), not a retry.
+fn wrap_update(map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| {
+        let full = matches!(
+            &source,
+            MapError::SyscallError(s)
+                if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC))
+        );
+        let op = if full {
+            "update (the map is full)"
+        } else {
+            "update"
+        };
+        MapsError { op, map, source }
+    }
+}
+
 fn idempotent(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(e) if is_missing(&e) => Ok(()),
@@ -107,7 +125,7 @@ impl LbMaps for KernelMaps {
     fn service_update(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapsError> {
         self.services
             .insert(key, value, 0)
-            .map_err(wrap("update", kproxy_common::MAP_SERVICES))
+            .map_err(wrap_update(kproxy_common::MAP_SERVICES))
     }
 
     fn service_delete(&mut self, key: &ServiceKey) -> Result<(), MapsError> {
@@ -124,7 +142,7 @@ impl LbMaps for KernelMaps {
     fn backend_update(&mut self, id: u32, value: &Backend) -> Result<(), MapsError> {
         self.backends
             .insert(id, value, 0)
-            .map_err(wrap("update", kproxy_common::MAP_BACKENDS))
+            .map_err(wrap_update(kproxy_common::MAP_BACKENDS))
     }
 
     fn backend_delete(&mut self, id: u32) -> Result<(), MapsError> {
@@ -141,7 +159,7 @@ impl LbMaps for KernelMaps {
     fn affinity_match_update(&mut self, key: AffinityMatchKey) -> Result<(), MapsError> {
         self.affinity_match
             .insert(key, 1, 0)
-            .map_err(wrap("update", kproxy_common::MAP_AFFINITY_MATCH))
+            .map_err(wrap_update(kproxy_common::MAP_AFFINITY_MATCH))
     }
 
     fn affinity_match_delete(&mut self, key: AffinityMatchKey) -> Result<(), MapsError> {
@@ -159,7 +177,7 @@ impl LbMaps for KernelMaps {
     fn source_range_update(&mut self, (len, data): RangeEntry) -> Result<(), MapsError> {
         self.source_ranges
             .insert(&LpmKey::new(len, data), 1, 0)
-            .map_err(wrap("update", kproxy_common::MAP_SOURCE_RANGES))
+            .map_err(wrap_update(kproxy_common::MAP_SOURCE_RANGES))
     }
 
     fn source_range_delete(&mut self, (len, data): RangeEntry) -> Result<(), MapsError> {
@@ -178,7 +196,7 @@ impl LbMaps for KernelMaps {
     fn cluster_ip_update(&mut self, addr: Addr) -> Result<(), MapsError> {
         self.cluster_ips
             .insert(addr, 1, 0)
-            .map_err(wrap("update", kproxy_common::MAP_CLUSTER_IPS))
+            .map_err(wrap_update(kproxy_common::MAP_CLUSTER_IPS))
     }
 
     fn cluster_ip_delete(&mut self, addr: Addr) -> Result<(), MapsError> {

@@ -27,7 +27,7 @@
 //! wanted again before its deletion is simply reused.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -95,17 +95,83 @@ struct Written {
     slots: Vec<u32>,
 }
 
+/// Elements waiting for deletion. `since` is the truth; `queue` holds retirements in the
+/// order they were made, so a sweep looks only at those that are due instead of at every
+/// retired element. A queue entry whose element was taken back (or retired again later)
+/// no longer matches `since` and is dropped when it comes up.
+#[derive(Debug)]
+struct Retired<K> {
+    since: BTreeMap<K, Instant>,
+    queue: VecDeque<(Instant, K)>,
+}
+
+impl<K> Default for Retired<K> {
+    fn default() -> Self {
+        Self {
+            since: BTreeMap::new(),
+            queue: VecDeque::new(),
+        }
+    }
+}
+
+impl<K: Ord + Copy> Retired<K> {
+    fn retire(&mut self, key: K, now: Instant) {
+        self.since.insert(key, now);
+        self.queue.push_back((now, key));
+    }
+
+    /// Takes `key` back into use; true if it was retired.
+    fn revive(&mut self, key: &K) -> bool {
+        self.since.remove(key).is_some()
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.since.contains_key(key)
+    }
+
+    fn len(&self) -> usize {
+        self.since.len()
+    }
+
+    /// Removes and returns the next element retired at least `GRACE` before `now`, with
+    /// its retirement time.
+    /// Retirement times only grow (syncs are called with a monotonic clock), so the first
+    /// queue entry that is not due ends the search.
+    fn pop_due(&mut self, now: Instant) -> Option<(K, Instant)> {
+        while let Some((at, key)) = self.queue.front().copied() {
+            if now.saturating_duration_since(at) < GRACE {
+                return None;
+            }
+            self.queue.pop_front();
+            if self.since.get(&key) == Some(&at) {
+                self.since.remove(&key);
+                return Some((key, at));
+            }
+        }
+        None
+    }
+
+    /// Puts back an element `pop_due` returned whose deletion failed.
+    fn unpop(&mut self, key: K, at: Instant) {
+        self.since.insert(key, at);
+        self.queue.push_front((at, key));
+    }
+}
+
 /// The reconciler: known map content, ownership, id allocation and retirement.
 #[derive(Debug, Default)]
 pub(crate) struct Reconciler {
-    frontends: BTreeMap<ServiceKey, Written>,
-    backends: BTreeMap<u32, Backend>,
-    backend_ids: BTreeMap<Backend, u32>,
+    frontends: HashMap<ServiceKey, Written>,
+    backends: HashMap<u32, Backend>,
+    backend_ids: HashMap<Backend, u32>,
     /// Active slots referencing each backend.
-    backend_refs: BTreeMap<u32, usize>,
+    backend_refs: HashMap<u32, usize>,
+    /// Backends that may have lost their last slot since the last sync that retired the
+    /// unreferenced ones: a partial sync checks these, not every backend.
+    unreferenced: BTreeSet<u32>,
     matches: BTreeSet<AffinityMatchKey>,
-    /// Source-range entries in the map.
-    ranges: BTreeSet<RangeEntry>,
+    /// Source-range entries in the map, by service id.
+    ranges: BTreeMap<u32, BTreeSet<RangeEntry>>,
     /// ClusterIPs in the map.
     cluster_ips: BTreeSet<Addr>,
     /// Service ports having each ClusterIP (several ports of a Service share one).
@@ -117,13 +183,15 @@ pub(crate) struct Reconciler {
     /// What each port wanted at its last sync.
     port_frontends: BTreeMap<ServicePortKey, BTreeSet<ServiceKey>>,
     service_ids: BTreeMap<(ServicePortKey, Class), u32>,
+    /// The values of `service_ids`, so adopting a recovered id checks it in O(log n).
+    assigned_service_ids: BTreeSet<u32>,
     used_service_ids: BTreeSet<u32>,
     /// Ids found in the maps at start, by frontend entry, until a port adopts them.
     recovered_ids: BTreeMap<ServiceKey, u32>,
     next_service_id: u32,
     next_backend_id: u32,
-    retired_slots: BTreeMap<ServiceKey, Instant>,
-    retired_backends: BTreeMap<u32, Instant>,
+    retired_slots: Retired<ServiceKey>,
+    retired_backends: Retired<u32>,
     /// Until the first full sync, ownership is unknown (the maps do not record it).
     synced: bool,
 }
@@ -340,7 +408,7 @@ impl Reconciler {
             }
         }
         for key in slots.into_keys() {
-            r.retired_slots.insert(key, now);
+            r.retired_slots.retire(key, now);
         }
         for (id, backend) in maps.backends()? {
             r.backends.insert(id, backend);
@@ -351,18 +419,28 @@ impl Reconciler {
                 *r.backend_refs.entry(*id).or_default() += 1;
             }
         }
-        for id in r.backends.keys() {
-            if !r.backend_refs.contains_key(id) {
-                r.retired_backends.insert(*id, now);
-            }
+        let mut unreferenced: Vec<u32> = r
+            .backends
+            .keys()
+            .filter(|id| !r.backend_refs.contains_key(id))
+            .copied()
+            .collect();
+        unreferenced.sort_unstable();
+        for id in unreferenced {
+            r.retired_backends.retire(id, now);
         }
         r.matches = maps.affinity_matches()?.into_iter().collect();
-        r.ranges = maps.source_ranges()?.into_iter().collect();
+        for entry in maps.source_ranges()? {
+            r.ranges
+                .entry(u32::from_be(entry.1.service_id_be))
+                .or_default()
+                .insert(entry);
+        }
         // Which ports have them is learnt by the first full sync, which also removes
         // those no port has.
         r.cluster_ips = maps.cluster_ips()?.into_iter().collect();
         r.next_service_id = r.used_service_ids.last().map_or(1, |m| m.wrapping_add(1));
-        r.next_backend_id = r.backends.keys().last().map_or(1, |m| m.wrapping_add(1));
+        r.next_backend_id = r.backends.keys().max().map_or(1, |m| m.wrapping_add(1));
         Ok(r)
     }
 
@@ -528,13 +606,14 @@ impl Reconciler {
                     continue;
                 }
                 let id = match self.recovered_ids.remove(fe) {
-                    Some(id) if !self.service_ids.values().any(|v| *v == id) => id,
+                    Some(id) if !self.assigned_service_ids.contains(&id) => id,
                     _ => {
                         let used = &self.used_service_ids;
                         next_free(&mut self.next_service_id, |id| used.contains(&id))
                     }
                 };
                 self.used_service_ids.insert(id);
+                self.assigned_service_ids.insert(id);
                 self.service_ids.insert((port.clone(), d.class), id);
             }
         }
@@ -610,10 +689,17 @@ impl Reconciler {
                 .entry(u32::from_be(entry.1.service_id_be))
                 .or_default()
                 .insert(entry);
-            if !self.ranges.contains(&entry) {
+            let written = self
+                .ranges
+                .get(&u32::from_be(entry.1.service_id_be))
+                .is_some_and(|set| set.contains(&entry));
+            if !written {
                 maps.source_range_update(entry)?;
                 stats.updates += 1;
-                self.ranges.insert(entry);
+                self.ranges
+                    .entry(u32::from_be(entry.1.service_id_be))
+                    .or_default()
+                    .insert(entry);
             }
         }
 
@@ -650,18 +736,28 @@ impl Reconciler {
             self.used_service_ids = self.service_ids.values().copied().collect();
         }
 
-        // 5. Affinity-match deletions.
-        let stale: Vec<AffinityMatchKey> = self
-            .matches
-            .iter()
-            .filter(|m| {
-                wanted_matches
-                    .get(&m.service_id)
-                    .is_some_and(|set| !set.contains(&m.backend_id))
-                    || !self.used_service_ids.contains(&m.service_id)
-            })
-            .copied()
-            .collect();
+        // 5. Affinity-match deletions: a full sync checks every entry, a partial one only
+        // those of the ports it synced.
+        let stale: Vec<AffinityMatchKey> = if full {
+            self.matches
+                .iter()
+                .filter(|m| {
+                    wanted_matches
+                        .get(&m.service_id)
+                        .is_some_and(|set| !set.contains(&m.backend_id))
+                        || !self.used_service_ids.contains(&m.service_id)
+                })
+                .copied()
+                .collect()
+        } else {
+            wanted_matches
+                .iter()
+                .flat_map(|(id, set)| {
+                    self.matches_of(*id)
+                        .filter(move |m| !set.contains(&m.backend_id))
+                })
+                .collect()
+        };
         for key in stale {
             maps.affinity_match_delete(key)?;
             stats.deletes += 1;
@@ -669,67 +765,97 @@ impl Reconciler {
         }
 
         // Ids of ports that are gone.
+        let mut freed_ids = Vec::new();
         for port in affected {
-            if !model.ports.contains_key(port) {
-                let gone: Vec<(ServicePortKey, Class)> = self
-                    .service_ids
-                    .keys()
-                    .filter(|(p, _)| p == port)
-                    .cloned()
-                    .collect();
-                for k in gone {
-                    if let Some(id) = self.service_ids.remove(&k) {
-                        self.used_service_ids.remove(&id);
-                        let dead: Vec<AffinityMatchKey> = self
-                            .matches
-                            .iter()
-                            .filter(|m| m.service_id == id)
-                            .copied()
-                            .collect();
-                        for key in dead {
-                            maps.affinity_match_delete(key)?;
-                            stats.deletes += 1;
-                            self.matches.remove(&key);
-                        }
+            if model.ports.contains_key(port) {
+                continue;
+            }
+            let gone: Vec<(ServicePortKey, Class)> = self
+                .service_ids
+                .range((port.clone(), Class::Internal)..=(port.clone(), Class::ExternalCluster))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                if let Some(id) = self.service_ids.remove(&k) {
+                    self.used_service_ids.remove(&id);
+                    self.assigned_service_ids.remove(&id);
+                    freed_ids.push(id);
+                    let dead: Vec<AffinityMatchKey> = self.matches_of(id).collect();
+                    for key in dead {
+                        maps.affinity_match_delete(key)?;
+                        stats.deletes += 1;
+                        self.matches.remove(&key);
                     }
                 }
             }
         }
 
-        // Source ranges no frontend wants any more.
-        let stale: Vec<RangeEntry> = self
-            .ranges
-            .iter()
-            .filter(|entry| {
-                let id = u32::from_be(entry.1.service_id_be);
-                !self.used_service_ids.contains(&id)
-                    || wanted_ranges
-                        .get(&id)
-                        .is_some_and(|set| !set.contains(entry))
-            })
-            .copied()
-            .collect();
+        // Source ranges no frontend wants any more: of every id in a full sync, else of
+        // the ids this sync looked at or freed.
+        let ids: Vec<u32> = if full {
+            self.ranges.keys().copied().collect()
+        } else {
+            wanted_ranges.keys().chain(&freed_ids).copied().collect()
+        };
+        let mut stale: Vec<RangeEntry> = Vec::new();
+        for id in ids {
+            let Some(written) = self.ranges.get(&id) else {
+                continue;
+            };
+            if !self.used_service_ids.contains(&id) {
+                stale.extend(written.iter().copied());
+            } else if let Some(wanted) = wanted_ranges.get(&id) {
+                stale.extend(written.difference(wanted).copied());
+            }
+        }
         for entry in stale {
             maps.source_range_delete(entry)?;
             stats.deletes += 1;
-            self.ranges.remove(&entry);
+            let id = u32::from_be(entry.1.service_id_be);
+            if let Some(set) = self.ranges.get_mut(&id) {
+                set.remove(&entry);
+                if set.is_empty() {
+                    self.ranges.remove(&id);
+                }
+            }
         }
 
-        // 6. Backends no slot references.
-        let unreferenced: Vec<u32> = self
-            .backends
-            .keys()
+        // 6. Backends no slot references: every one in a full sync, else those that lost
+        // a reference (or were written and never referenced) since the last time.
+        let candidates: Vec<u32> = if full {
+            self.unreferenced.clear();
+            self.backends.keys().copied().collect()
+        } else {
+            std::mem::take(&mut self.unreferenced).into_iter().collect()
+        };
+        let mut retire: Vec<u32> = candidates
+            .into_iter()
             .filter(|id| {
-                self.backend_refs.get(id).copied().unwrap_or(0) == 0
-                    && !self.retired_backends.contains_key(id)
+                self.backends.contains_key(id)
+                    && !self.backend_refs.contains_key(id)
+                    && !self.retired_backends.contains(id)
             })
-            .copied()
             .collect();
-        for id in unreferenced {
-            self.retired_backends.insert(id, now);
+        // In id order, so deletions come in a reproducible order.
+        retire.sort_unstable();
+        for id in retire {
+            self.retired_backends.retire(id, now);
         }
         stats.pending_deletes = self.retired_slots.len() + self.retired_backends.len();
         Ok(stats)
+    }
+
+    /// The affinity-match entries of one service id.
+    fn matches_of(&self, id: u32) -> impl Iterator<Item = AffinityMatchKey> + '_ {
+        let first = AffinityMatchKey {
+            service_id: id,
+            backend_id: 0,
+        };
+        let last = AffinityMatchKey {
+            service_id: id,
+            backend_id: u32::MAX,
+        };
+        self.matches.range(first..=last).copied()
     }
 
     /// The id of a backend, writing it if new and taking it back from retirement.
@@ -740,7 +866,7 @@ impl Reconciler {
         stats: &mut SyncStats,
     ) -> Result<u32, MapsError> {
         if let Some(id) = self.backend_ids.get(backend) {
-            self.retired_backends.remove(id);
+            self.retired_backends.revive(id);
             return Ok(*id);
         }
         let backends = &self.backends;
@@ -749,6 +875,8 @@ impl Reconciler {
         stats.updates += 1;
         self.backends.insert(id, *backend);
         self.backend_ids.insert(*backend, id);
+        // Unreferenced until its slot is written; if that never happens, step 6 retires it.
+        self.unreferenced.insert(id);
         Ok(id)
     }
 
@@ -766,7 +894,7 @@ impl Reconciler {
         for (i, id) in ids.iter().enumerate() {
             #[expect(clippy::cast_possible_truncation, reason = "capped at MAX_SLOTS")]
             let key = slot_key(fe, i as u16 + 1);
-            if old_slots.get(i) != Some(id) || self.retired_slots.contains_key(&key) {
+            if old_slots.get(i) != Some(id) || self.retired_slots.contains(&key) {
                 maps.service_update(
                     &key,
                     &ServiceValue {
@@ -777,7 +905,7 @@ impl Reconciler {
                     },
                 )?;
                 stats.updates += 1;
-                self.retired_slots.remove(&key);
+                self.retired_slots.revive(&key);
             }
         }
         if old.as_ref().map(|w| w.master) != Some(master) {
@@ -786,7 +914,7 @@ impl Reconciler {
         }
         for i in ids.len()..old_slots.len() {
             #[expect(clippy::cast_possible_truncation, reason = "slots are u16")]
-            self.retired_slots.insert(slot_key(fe, i as u16 + 1), now);
+            self.retired_slots.retire(slot_key(fe, i as u16 + 1), now);
         }
         for id in ids {
             *self.backend_refs.entry(*id).or_default() += 1;
@@ -818,7 +946,7 @@ impl Reconciler {
         self.recovered_ids.remove(fe);
         for i in 0..old.slots.len() {
             #[expect(clippy::cast_possible_truncation, reason = "slots are u16")]
-            self.retired_slots.insert(slot_key(fe, i as u16 + 1), now);
+            self.retired_slots.retire(slot_key(fe, i as u16 + 1), now);
         }
         self.release_refs(&old.slots);
         Ok(())
@@ -830,40 +958,34 @@ impl Reconciler {
                 *n -= 1;
                 if *n == 0 {
                     self.backend_refs.remove(id);
+                    self.unreferenced.insert(*id);
                 }
             }
         }
     }
 
     /// Deletes retired elements whose grace period is over: slots first, then backends.
+    /// Looks only at the due ones.
     fn sweep(
         &mut self,
         maps: &mut impl LbMaps,
         now: Instant,
         stats: &mut SyncStats,
     ) -> Result<(), MapsError> {
-        let due = |t: &Instant| now.saturating_duration_since(*t) >= GRACE;
-        let slots: Vec<ServiceKey> = self
-            .retired_slots
-            .iter()
-            .filter(|(_, t)| due(t))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in slots {
-            maps.service_delete(&key)?;
+        while let Some((key, at)) = self.retired_slots.pop_due(now) {
+            if let Err(e) = maps.service_delete(&key) {
+                // Still due: the next sweep tries again first.
+                self.retired_slots.unpop(key, at);
+                return Err(e);
+            }
             stats.deletes += 1;
-            self.retired_slots.remove(&key);
         }
-        let backends: Vec<u32> = self
-            .retired_backends
-            .iter()
-            .filter(|(_, t)| due(t))
-            .map(|(k, _)| *k)
-            .collect();
-        for id in backends {
-            maps.backend_delete(id)?;
+        while let Some((id, at)) = self.retired_backends.pop_due(now) {
+            if let Err(e) = maps.backend_delete(id) {
+                self.retired_backends.unpop(id, at);
+                return Err(e);
+            }
             stats.deletes += 1;
-            self.retired_backends.remove(&id);
             if let Some(b) = self.backends.remove(&id) {
                 self.backend_ids.remove(&b);
             }
@@ -1148,6 +1270,175 @@ mod tests {
         );
         assert_eq!(maps.services.len(), 2, "a's frontend and its one slot");
         assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn partial_syncs_retire_and_later_delete_what_they_release() {
+        let (mut maps, mut r, now) = start();
+        let ports = [port("a", 1, &[1, 2, 3]), port("b", 2, &[4])];
+        r.sync_full(&mut maps, &model(ports.clone()), now).unwrap();
+        let diff = ModelDiff {
+            updated: vec![ports[0].key.clone()],
+            ..ModelDiff::default()
+        };
+        let before = maps.clone();
+        let stats = r
+            .sync_partial(
+                &mut maps,
+                &model([port("a", 1, &[1]), ports[1].clone()]),
+                &diff,
+                now,
+            )
+            .unwrap();
+        assert_no_reader_misses(&before, &maps);
+        assert_eq!(
+            stats.pending_deletes,
+            2 + 2,
+            "slots 2,3 and backends 2,3 of a"
+        );
+
+        // An unrelated partial sync after the grace period deletes them, slots first.
+        let diff = ModelDiff {
+            updated: vec![ports[1].key.clone()],
+            ..ModelDiff::default()
+        };
+        let before = maps.clone();
+        let m = model([port("a", 1, &[1]), port("b", 2, &[4, 5])]);
+        let stats = r.sync_partial(&mut maps, &m, &diff, now + GRACE).unwrap();
+        assert_no_reader_misses(&before, &maps);
+        assert_eq!((stats.deletes, stats.pending_deletes), (4, 0));
+        let deletes: Vec<&Event> = maps.events[before.events.len()..]
+            .iter()
+            .filter(|e| matches!(e, Event::ServiceDelete(_) | Event::BackendDelete(_)))
+            .collect();
+        assert!(
+            matches!(
+                deletes[..],
+                [
+                    Event::ServiceDelete(_),
+                    Event::ServiceDelete(_),
+                    Event::BackendDelete(_),
+                    Event::BackendDelete(_)
+                ]
+            ),
+            "{deletes:?}"
+        );
+        assert_eq!(maps.backends.len(), 3, "a's 1, b's 4 and 5");
+        assert_eq!(maps.services.len(), 2 + 3);
+    }
+
+    #[test]
+    fn a_slot_retired_again_waits_a_full_grace_period_from_then() {
+        let (mut maps, mut r, now) = start();
+        let key = port("a", 1, &[]).key;
+        let diff = ModelDiff {
+            updated: vec![key.clone()],
+            ..ModelDiff::default()
+        };
+        r.sync_full(&mut maps, &model([port("a", 1, &[1, 2])]), now)
+            .unwrap();
+        // Shrink, grow back (the slot is reused), shrink again half a grace period later.
+        r.sync_partial(&mut maps, &model([port("a", 1, &[1])]), &diff, now)
+            .unwrap();
+        r.sync_partial(&mut maps, &model([port("a", 1, &[1, 2])]), &diff, now)
+            .unwrap();
+        let stats = r
+            .sync_partial(
+                &mut maps,
+                &model([port("a", 1, &[1])]),
+                &diff,
+                now + GRACE / 2,
+            )
+            .unwrap();
+        assert_eq!(stats.pending_deletes, 2, "slot 2 and backend 2");
+        // The first retirement's grace period is over, the second one's is not.
+        let stats = r
+            .sync_partial(&mut maps, &model([port("a", 1, &[1])]), &diff, now + GRACE)
+            .unwrap();
+        assert_eq!((stats.deletes, stats.pending_deletes), (0, 2));
+        let stats = r
+            .sync_partial(
+                &mut maps,
+                &model([port("a", 1, &[1])]),
+                &diff,
+                now + GRACE / 2 + GRACE,
+            )
+            .unwrap();
+        assert_eq!((stats.deletes, stats.pending_deletes), (2, 0));
+        assert_eq!(maps.services.len(), 2);
+        assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_deletion_is_retried_by_the_next_sweep() {
+        let (mut maps, mut r, now) = start();
+        r.sync_full(&mut maps, &model([port("a", 1, &[1, 2])]), now)
+            .unwrap();
+        r.sync_full(&mut maps, &model([port("a", 1, &[1])]), now)
+            .unwrap();
+        maps.fail_after = Some(0);
+        assert!(
+            r.sync_full(&mut maps, &model([port("a", 1, &[1])]), now + GRACE)
+                .is_err()
+        );
+        maps.fail_after = None;
+        let stats = r
+            .sync_full(&mut maps, &model([port("a", 1, &[1])]), now + GRACE)
+            .unwrap();
+        assert_eq!((stats.deletes, stats.pending_deletes), (2, 0));
+        assert_eq!(maps.services.len(), 2);
+        assert_eq!(maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn partial_syncs_keep_affinity_matches_exact() {
+        let (mut maps, mut r, now) = start();
+        let sticky = |name: &str, vip: u8, eps: &[u8]| {
+            let mut p = port(name, vip, eps);
+            p.affinity_timeout_secs = Some(30);
+            p
+        };
+        r.sync_full(
+            &mut maps,
+            &model([sticky("a", 1, &[1, 2]), sticky("b", 2, &[3, 4])]),
+            now,
+        )
+        .unwrap();
+        assert_eq!(maps.matches.len(), 4);
+        let id_of = |maps: &FakeMaps, vip: u8| {
+            masters(maps)
+                .iter()
+                .find(|(k, _)| k.addr == addr_of(IpAddr::V4(Ipv4Addr::new(198, 51, 100, vip))))
+                .map(|(_, v)| v.service_id)
+                .unwrap()
+        };
+        let (a, b) = (id_of(&maps, 1), id_of(&maps, 2));
+
+        // a loses a backend: only its pair goes.
+        let diff = ModelDiff {
+            updated: vec![sticky("a", 1, &[]).key],
+            ..ModelDiff::default()
+        };
+        r.sync_partial(
+            &mut maps,
+            &model([sticky("a", 1, &[1]), sticky("b", 2, &[3, 4])]),
+            &diff,
+            now,
+        )
+        .unwrap();
+        let per_service =
+            |maps: &FakeMaps, id| maps.matches.iter().filter(|m| m.service_id == id).count();
+        assert_eq!((per_service(&maps, a), per_service(&maps, b)), (1, 2));
+
+        // a goes: all of its pairs go, b's stay.
+        let diff = ModelDiff {
+            removed: vec![sticky("a", 1, &[]).key],
+            ..ModelDiff::default()
+        };
+        r.sync_partial(&mut maps, &model([sticky("b", 2, &[3, 4])]), &diff, now)
+            .unwrap();
+        assert_eq!((per_service(&maps, a), per_service(&maps, b)), (0, 2));
+        assert_eq!(maps.matches.len(), 2);
     }
 
     #[test]

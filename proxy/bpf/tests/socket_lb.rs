@@ -540,3 +540,27 @@ fn wait_unloaded(ids: &[u32]) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A map pinned under an older layout's name (here: the services map as it was named
+/// before its capacity grew) is unpinned by the next agent; the current maps stay.
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn a_new_agent_unpins_maps_of_older_layouts() {
+    assert_root();
+    let lab = kproxy_tests::lab::Lab::new("bpf-oldpin").expect("lab");
+    let node = lab.add_node("a").expect("node a");
+    let maps = node.bpffs_path().join("kproxy/maps");
+    drop(dataplane(&node));
+    let old = maps.join("KP_SERVICES_V1");
+    aya::maps::MapData::from_pin(maps.join(kproxy_common::MAP_SERVICES))
+        .expect("the services map's pin")
+        .pin(&old)
+        .expect("pinning it under the old name");
+    assert!(old.exists());
+
+    drop(dataplane(&node));
+    assert!(!old.exists(), "{} is still pinned", old.display());
+    for spec in &kproxy_common::MAPS {
+        assert!(maps.join(spec.name).exists(), "{} lost its pin", spec.name);
+    }
+}

@@ -397,3 +397,53 @@ fn external_traffic_to_node_ports_lb_ips_and_external_ips() {
         "pins left after cleanup"
     );
 }
+
+/// A partial sync rescans the devices only when a port gains a local endpoint: that is
+/// when a pod created after the last scan must get the reply program on its veth, or its
+/// replies to translated flows from outside would leave untranslated.
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+fn a_pod_created_later_gets_the_reply_program_with_its_first_endpoint() {
+    assert_root();
+    let w = World::new("tclate");
+    let mut dp = w.dataplane();
+    let node = w.node_ip();
+    let early = external_port(
+        "early",
+        Protocol::Tcp,
+        30,
+        (node, 30090),
+        &[],
+        vec![endpoint(w.a1.ipv4().into(), true)],
+        true,
+    );
+    dp.sync_full(&model([early.clone()])).expect("full sync");
+
+    let a3 = w.a.add_pod("a3").expect("pod a3");
+    let _echo = a3.start_echo(&[ECHO_PORT], &[ECHO_PORT]).expect("echo");
+    // eTP Cluster: the flow is masqueraded to the node's address, so a3's replies come
+    // back through its veth addressed to the node, where only the reply program turns
+    // them back into the NodePort's.
+    let late = external_port(
+        "late",
+        Protocol::Tcp,
+        31,
+        (node, 30091),
+        &[],
+        vec![endpoint(a3.ipv4().into(), true)],
+        false,
+    );
+    let diff = kproxy_model::ModelDiff {
+        added: vec![late.key.clone()],
+        ..kproxy_model::ModelDiff::default()
+    };
+    dp.sync_partial(&model([early, late]), &diff)
+        .expect("partial sync");
+    let replies = requests(&w.x1, SocketAddr::new(node, 30091), false)
+        .unwrap_or_else(|e| panic!("NodePort of a pod created after the full sync: {e:?}"));
+    assert_eq!(names(&replies), set(&["a3"]));
+    assert!(
+        replies.iter().all(|r| r.seen_source.ip() == node),
+        "eTP Cluster masquerades to the node's address: {replies:?}"
+    );
+}

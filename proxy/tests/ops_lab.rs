@@ -6,12 +6,15 @@ use std::{
     collections::BTreeSet,
     fmt::Write as _,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::Path,
     time::{Duration, Instant, SystemTime},
 };
 
-use kproxy::{dump::Dump, health::rfc3339};
+use kproxy::{
+    dump::{Dump, DumpedFrontend},
+    health::rfc3339,
+};
 use kproxy_tests::{
     conformance::{Client, Mode, Proto, TCP_PORT, World},
     lab::{Host, client::ClientError},
@@ -210,6 +213,30 @@ fn dump_on(world: &World, node: &str) -> Dump {
         .expect("kproxy dump");
     serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("dump output is not the JSON dump ({e}): {out}"))
+}
+
+/// The dumped frontend `ip:port`/TCP.
+fn frontend<'a>(d: &'a Dump, ip: &str, port: u16) -> &'a DumpedFrontend {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    d.frontends
+        .iter()
+        .find(|f| f.address == ip && f.port == port && f.protocol == "TCP")
+        .unwrap_or_else(|| panic!("no frontend {ip}:{port} in {:#?}", d.frontends))
+}
+
+/// The endpoint pods behind `list` (TCP echo port), sorted; unknown addresses as is.
+fn endpoint_pods(world: &World, list: &[SocketAddr]) -> Vec<String> {
+    let mut names: Vec<String> = list
+        .iter()
+        .map(|ep| {
+            ["a-ep1", "a-ep2", "b-ep1", "b-ep2"]
+                .into_iter()
+                .find(|p| ep.port() == TCP_PORT && IpAddr::V4(world.pod(p).ipv4()) == ep.ip())
+                .map_or_else(|| ep.to_string(), str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn ipv4_table(d: &Dump) -> &kproxy::dump::TableSummary {
@@ -511,11 +538,31 @@ fn dump_matches_the_traffic_and_cleanup_removes_every_table() {
             .any(|(n, c)| n.starts_with("lb-n2") && *c >= 1),
         "a two-endpoint class holds two's ClusterIP: {t:#?}"
     );
+    let two = frontend(&d, "198.51.100.21", 80);
+    assert_eq!(
+        (two.kind.as_str(), two.verdict.as_str()),
+        ("ClusterIP", "forward")
+    );
+    assert_eq!(two.service.as_deref(), Some("ops/two:http/tcp"));
+    assert_eq!(endpoint_pods(&world, &two.endpoints), ["a-ep1", "b-ep1"]);
+    assert_eq!(frontend(&d, "198.51.100.22", 80).verdict, "reject");
+    let np = frontend(&d, &world.node("a").ipv4().to_string(), 31081);
+    assert_eq!(
+        (np.kind.as_str(), np.verdict.as_str()),
+        ("NodePort", "drop")
+    );
+    assert_eq!(endpoint_pods(&world, &np.cluster_endpoints), ["b-ep1"]);
     let table = world
         .node("a")
         .exec(kproxy(), ["dump"])
         .expect("table output");
     assert!(table.contains("1 dropped, 1 rejected frontends"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("198.51.100.21:80/TCP") && l.contains("ops/two:http/tcp")),
+        "{table}"
+    );
 
     // The agent down: the kernel state, and so the dump, are unchanged.
     world.kill_agents();
@@ -535,10 +582,232 @@ fn dump_matches_the_traffic_and_cleanup_removes_every_table() {
         .exec(kproxy(), ["--cleanup", "--proxy-mode=nftables"])
         .expect("--cleanup");
     for n in ["a", "b"] {
-        let d = dump_on(&world, n);
-        assert!(d.tables.iter().all(|t| !t.present), "node {n}: {d:?}");
+        let err = world
+            .node(n)
+            .exec(kproxy(), ["dump"])
+            .expect_err("dump fails when nothing is installed");
+        assert!(
+            err.to_string().contains("nothing installed"),
+            "node {n}: {err:#}"
+        );
         let tables = world.node(n).exec("nft", ["list", "tables"]).expect("nft");
         assert!(!tables.contains("kproxy"), "node {n}: {tables}");
     }
     world.close().expect("clean lab");
+}
+
+/// `BPF_PROG_QUERY`'s part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgQuery {
+    target: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+
+/// Programs attached directly to `target` (a cgroup fd or an ifindex) for `attach_type`.
+fn attached(target: u32, attach_type: u32) -> u32 {
+    let mut q = ProgQuery {
+        target,
+        attach_type,
+        ..ProgQuery::default()
+    };
+    // SAFETY: q is a valid, writable bpf_attr prefix of the size passed; with prog_ids
+    // null the kernel writes only prog_cnt (and revision).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &raw mut q,
+            size_of::<ProgQuery>(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_QUERY({target}, {attach_type}): {}",
+        std::io::Error::last_os_error()
+    );
+    q.prog_cnt
+}
+
+/// Socket programs on node `n`'s cgroup, tc (tcx) programs on its devices.
+fn programs_on(world: &World, n: &str) -> (u32, u32) {
+    let node = world.node(n);
+    let cgroup = std::fs::File::open(node.cgroup_path()).expect("open the node's cgroup");
+    let fd = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&cgroup)).unwrap();
+    let sock = attached(fd, BPF_CGROUP_INET4_CONNECT);
+    let tc = node
+        .run(|| {
+            nix::net::if_::if_nameindex()
+                .expect("devices")
+                .iter()
+                .map(|i| attached(i.index(), BPF_TCX_INGRESS) + attached(i.index(), BPF_TCX_EGRESS))
+                .sum::<u32>()
+        })
+        .expect("in the node's netns");
+    (sock, tc)
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn ebpf_dump_matches_the_traffic_and_cleanup_detaches_and_unpins_everything() {
+    assert_root();
+    let world = World::new("opsbpf", kproxy(), Mode::Ebpf).expect("lab");
+    let svc = |name: &str, ip: &str, extra: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ops}}\nspec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n{extra}  ports:\n  - {{name: http, port: 80, protocol: TCP, targetPort: {TCP_PORT}{}}}\n",
+            if extra.is_empty() {
+                ""
+            } else {
+                ", nodePort: 31081"
+            }
+        )
+    };
+    let manifests = nodes_yaml(&world, "")
+        + &svc("two", "198.51.100.21", "")
+        + &slice_yaml(&world, "two", &[ready("a-ep1"), ready("b-ep1")], None)
+        + &svc("none", "198.51.100.22", "")
+        + &svc(
+            "local",
+            "198.51.100.23",
+            "  type: NodePort\n  externalTrafficPolicy: Local\n",
+        )
+        + &slice_yaml(&world, "local", &[ready("b-ep1")], None);
+    world.write_manifest("svc.yaml", &manifests).unwrap();
+    world
+        .start_agents(&["--cluster-cidr", "100.64.0.0/16"])
+        .expect("agents");
+    let to = SocketAddr::new("198.51.100.21".parse().unwrap(), 80);
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        let r = world
+            .request(Client::PodA, Proto::Tcp, to, Duration::from_secs(3))
+            .expect("two answers");
+        seen.insert(r.name);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["a-ep1".to_owned(), "b-ep1".to_owned()])
+    );
+
+    let bpffs = world.node("a").bpffs_path().to_string_lossy().into_owned();
+    let dump = || -> Dump {
+        let out = world
+            .node("a")
+            .exec(
+                kproxy(),
+                [
+                    "dump",
+                    "--proxy-mode",
+                    "ebpf",
+                    "-o",
+                    "json",
+                    "--bpffs",
+                    &bpffs,
+                ],
+            )
+            .expect("kproxy dump");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not the JSON dump ({e}): {out}"))
+    };
+    let d = dump();
+    assert_eq!(d.mode, "ebpf");
+    assert!(!d.links.is_empty(), "pinned links are listed: {d:?}");
+    let two = frontend(&d, "198.51.100.21", 80);
+    assert_eq!(
+        (two.kind.as_str(), two.verdict.as_str()),
+        ("ClusterIP", "forward")
+    );
+    assert_eq!(endpoint_pods(&world, &two.endpoints), ["a-ep1", "b-ep1"]);
+    assert_eq!(frontend(&d, "198.51.100.22", 80).verdict, "reject");
+    let np = frontend(&d, &world.node("a").ipv4().to_string(), 31081);
+    assert_eq!(
+        (np.kind.as_str(), np.verdict.as_str()),
+        ("NodePort", "drop")
+    );
+    let table = world
+        .node("a")
+        .exec(
+            kproxy(),
+            ["dump", "--proxy-mode", "ebpf", "--bpffs", &bpffs],
+        )
+        .expect("table output");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("198.51.100.21:80/TCP") && l.contains("ClusterIP")),
+        "{table}"
+    );
+
+    // The agent down: the pins keep the datapath, and the dump says the same.
+    world.kill_agents();
+    assert_eq!(dump(), d, "dump reads the pinned maps, not the agent");
+    let (sock, tc) = programs_on(&world, "a");
+    assert!(
+        sock > 0 && tc > 0,
+        "attached before cleanup: {sock} socket, {tc} tc"
+    );
+
+    let cgroup = world.node("a").cgroup_path().to_string_lossy().into_owned();
+    world
+        .node("a")
+        .exec(
+            kproxy(),
+            [
+                "cleanup",
+                "--proxy-mode",
+                "ebpf",
+                "--bpffs",
+                &bpffs,
+                "--cgroup-path",
+                &cgroup,
+            ],
+        )
+        .expect("cleanup");
+    let root = world.node("a").bpffs_path().join("kproxy");
+    let pins: Vec<_> = walk(&root);
+    assert!(pins.is_empty(), "pins left after cleanup: {pins:?}");
+    // Unpinned links are released by the kernel after their last reference goes.
+    wait_until(
+        "programs detached after cleanup",
+        || programs_on(&world, "a"),
+        |&(sock, tc)| sock == 0 && tc == 0,
+    );
+    let err = world
+        .node("a")
+        .exec(
+            kproxy(),
+            ["dump", "--proxy-mode", "ebpf", "--bpffs", &bpffs],
+        )
+        .expect_err("dump fails when nothing is installed");
+    assert!(err.to_string().contains("nothing installed"), "{err:#}");
+    world.close().expect("clean lab");
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let p = e.path();
+            if p.is_dir() { walk(&p) } else { vec![p] }
+        })
+        .collect()
 }

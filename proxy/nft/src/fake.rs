@@ -126,6 +126,11 @@ impl FakeTable {
                 self.sets.remove(s);
             }
             Op::AddElements(_, s, els) => self.add_elements(op, s, els)?,
+            Op::AddSharedElements(_, s, lists) => {
+                for els in lists {
+                    self.add_elements(op, s, els)?;
+                }
+            }
             Op::DeleteElements(_, s, els) => {
                 let (_, have) = self
                     .sets

@@ -403,6 +403,9 @@ pub(crate) enum Op {
     AddSet(Family, Set),
     DeleteSet(Family, Name),
     AddElements(Family, Name, Vec<Element>),
+    /// Elements to add, in lists shared with the state that keeps them: a full sync's
+    /// million endpoint elements are then not copied into the transaction.
+    AddSharedElements(Family, Name, Vec<Arc<Vec<Element>>>),
     /// Elements to delete; only keys matter.
     DeleteElements(Family, Name, Vec<Element>),
 }
@@ -420,6 +423,7 @@ impl Op {
             | Self::AddSet(f, _)
             | Self::DeleteSet(f, _)
             | Self::AddElements(f, _, _)
+            | Self::AddSharedElements(f, _, _)
             | Self::DeleteElements(f, _, _) => *f,
         }
     }
@@ -440,6 +444,10 @@ impl Op {
             Self::AddSet(_, s) => format!("add set {f} {}", s.name),
             Self::DeleteSet(_, s) => format!("delete set {f} {s}"),
             Self::AddElements(_, s, e) => format!("add {} element(s) to {f} {s}", e.len()),
+            Self::AddSharedElements(_, s, lists) => format!(
+                "add {} element(s) to {f} {s}",
+                lists.iter().map(|l| l.len()).sum::<usize>()
+            ),
             Self::DeleteElements(_, s, e) => {
                 format!("delete {} element(s) from {f} {s}", e.len())
             }
@@ -464,6 +472,7 @@ impl Transaction {
             .iter()
             .map(|op| match op {
                 Op::AddElements(_, _, e) | Op::DeleteElements(_, _, e) => e.len(),
+                Op::AddSharedElements(_, _, lists) => lists.iter().map(|l| l.len()).sum(),
                 _ => 0,
             })
             .sum()

@@ -17,10 +17,12 @@ mod conntrack;
 mod error;
 #[cfg(test)]
 mod fake;
+mod hash;
 mod ir;
 mod layout;
 mod names;
 mod netlink;
+mod read;
 mod render;
 mod state;
 #[cfg(test)]
@@ -32,6 +34,7 @@ use std::{collections::BTreeMap, time::Instant};
 pub use conntrack::{StaleFlow, delete_udp_conntrack};
 pub use error::Error;
 use kproxy_model::{ModelDiff, ProxyModel};
+pub use read::{FamilyFrontends, ReadFrontend, ReadVerdict, read_frontends};
 
 use crate::{
     ir::{Family, Transaction},
@@ -45,6 +48,11 @@ pub(crate) trait Backend {
     fn apply(&mut self, tx: &Transaction) -> Result<(), Error>;
     /// Summarises kproxy's table of `family`; `None` when it does not exist.
     fn list(&mut self, family: Family) -> Result<Option<TableDump>, Error>;
+    /// Time the last [`Backend::apply`] spent in the kernel (send and replies), to tell
+    /// kernel cost from encoding in [`SyncStats`]; zero when nothing was sent.
+    fn last_kernel_time(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// What one of kproxy's tables holds, as read back from the kernel.
@@ -96,6 +104,9 @@ pub struct SyncStats {
     pub elapsed: std::time::Duration,
     /// Part of `elapsed` spent encoding and in the kernel (the rest is rendering).
     pub commit: std::time::Duration,
+    /// Part of `commit` spent in the kernel: the batch's `sendmsg` (nf_tables parses,
+    /// validates and commits the whole batch inside it) and reading the replies.
+    pub kernel: std::time::Duration,
 }
 
 /// The nftables dataplane: owns kproxy's tables and keeps them equal to the model.
@@ -189,6 +200,7 @@ impl NftDataplane {
             classes: self.families.iter().map(FamilyState::class_count).sum(),
             elapsed: start.elapsed(),
             commit,
+            kernel: self.backend.last_kernel_time(),
         };
         tracing::debug!(?stats, "nftables sync");
         Ok(stats)

@@ -240,6 +240,8 @@ pub(crate) struct NetlinkBackend {
     sock: Socket,
     seq: u32,
     rbuf: Vec<u8>,
+    /// Time the last `apply` spent in `send` and reading replies.
+    kernel_time: std::time::Duration,
 }
 
 impl NetlinkBackend {
@@ -249,6 +251,7 @@ impl NetlinkBackend {
             sock: Socket::open(libc::NETLINK_NETFILTER, "nf_tables")?,
             seq: 1,
             rbuf: vec![0; RECV_BUF],
+            kernel_time: std::time::Duration::ZERO,
         })
     }
 
@@ -318,7 +321,7 @@ impl NetlinkBackend {
     }
 
     /// Sends a dump request and calls `on_msg` with every reply message's attributes.
-    fn dump(
+    pub(crate) fn dump(
         &mut self,
         kind: MsgType,
         family: Family,
@@ -375,7 +378,7 @@ impl NetlinkBackend {
     }
 
     /// True when kproxy's table exists in `family`.
-    fn table_exists(&mut self, family: Family) -> Result<bool, Error> {
+    pub(crate) fn table_exists(&mut self, family: Family) -> Result<bool, Error> {
         let seq = self.next_seq(1);
         let mut w = wire::Writer::default();
         let m = w.begin_msg(
@@ -432,6 +435,7 @@ fn table_and_name(payload: &[u8], table_attr: u16, name_attr: u16) -> (String, S
 
 impl Backend for NetlinkBackend {
     fn apply(&mut self, tx: &Transaction) -> Result<(), Error> {
+        self.kernel_time = std::time::Duration::ZERO;
         if tx.is_empty() {
             return Ok(());
         }
@@ -444,8 +448,15 @@ impl Backend for NetlinkBackend {
         self.next_seq(seq_to_op.len() + 1);
         // Drop stale replies (none expected) so they cannot be mistaken for ours.
         while let Ok(Some(_)) = self.sock.recv(&mut self.rbuf, false) {}
-        self.sock.send(&buf)?;
-        self.collect_acks(tx, &seq_to_op, first_seq, last_seq)
+        let start = std::time::Instant::now();
+        let sent = self.sock.send(&buf);
+        let result = sent.and_then(|()| self.collect_acks(tx, &seq_to_op, first_seq, last_seq));
+        self.kernel_time = start.elapsed();
+        result
+    }
+
+    fn last_kernel_time(&self) -> std::time::Duration {
+        self.kernel_time
     }
 
     fn list(&mut self, family: Family) -> Result<Option<TableDump>, Error> {

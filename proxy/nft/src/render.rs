@@ -165,11 +165,22 @@ pub(crate) struct OwnChain {
 /// Everything one service port contributes to a table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct PortRender {
+    /// Elements of every set but `@endpoints`.
     pub(crate) elements: Vec<(SetRef, Element)>,
+    /// Elements of `@endpoints`, shared with a full sync's transaction (which would
+    /// otherwise copy nearly all of its elements).
+    pub(crate) endpoints: Arc<Vec<Element>>,
     /// Own chains in creation order (referenced chains first).
     pub(crate) chains: Vec<OwnChain>,
     /// Own dynamic sets (affinity).
     pub(crate) sets: Vec<Set>,
+}
+
+impl PortRender {
+    /// True when the port contributes no element.
+    pub(crate) fn has_no_elements(&self) -> bool {
+        self.elements.is_empty() && self.endpoints.is_empty()
+    }
 }
 
 /// Most endpoints one list can hold: slots of the second list start at
@@ -215,9 +226,9 @@ pub(crate) fn render_port(
     owned: &dyn Fn(FrontendKey) -> bool,
 ) -> PortRender {
     let mut out = PortRender::default();
-    // ClusterIP + per frontend: class, filter and endpoint elements (one list, usually).
-    out.elements
-        .reserve(1 + port.frontends.len() * (2 + port.endpoints.len()));
+    // ClusterIP + per frontend: class and filter elements, and one endpoint list (usually).
+    out.elements.reserve(1 + port.frontends.len() * 2);
+    let mut endpoints = Vec::new();
     let comment = names::comment(&port.key.name);
     let affinity = port.affinity_timeout_secs;
     let mut affinity_lists = AffinityLists::default();
@@ -254,12 +265,21 @@ pub(crate) fn render_port(
                         comment: Some(comment.clone()),
                     };
                     out.elements.push((SetRef::Class(plan.spec.clone()), el));
-                    endpoint_elements(key, plan.primary.as_deref(), 0, &mut out);
-                    endpoint_elements(key, plan.cluster.as_deref(), SHORTCUT_LIST_OFFSET, &mut out);
+                    if endpoints.is_empty() {
+                        endpoints.reserve(port.frontends.len() * port.endpoints.len());
+                    }
+                    endpoint_elements(key, plan.primary.as_deref(), 0, &mut endpoints);
+                    endpoint_elements(
+                        key,
+                        plan.cluster.as_deref(),
+                        SHORTCUT_LIST_OFFSET,
+                        &mut endpoints,
+                    );
                 }
             }
         }
     }
+    out.endpoints = Arc::new(endpoints);
     hairpin_elements(fam, port, &mut out);
     if let Some(timeout) = affinity {
         affinity_lists.render(fam, mark, port, timeout, &mut out);
@@ -407,7 +427,7 @@ fn endpoint_elements(
     key: FrontendKey,
     list: Option<&[&Endpoint]>,
     offset: u32,
-    out: &mut PortRender,
+    out: &mut Vec<Element>,
 ) {
     for (i, ep) in (0u32..).zip(list.unwrap_or_default()) {
         let slot = offset + i;
@@ -416,7 +436,7 @@ fn endpoint_elements(
             data: Some(ElemData::Value(Value::AddrPort(ep.ip, ep.port))),
             comment: None,
         };
-        out.elements.push((SetRef::Fixed(FixedSet::Endpoints), el));
+        out.push(el);
     }
 }
 

@@ -8,13 +8,14 @@
 //! Services) belong to the smallest port key; the others are skipped with a warning.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet, hash_map::Entry},
+    collections::{BTreeSet, hash_map::Entry},
     sync::{Arc, LazyLock},
 };
 
 use kproxy_model::{IpFamily, ModelDiff, ProxyModel, ServicePort, ServicePortKey};
 
 use crate::{
+    hash::{FastMap, FastSet},
     ir::{Chain, Element, Family, Name, Op, Rule, Set, Transaction, Value},
     layout::{self, BASE_CHAINS, FixedSet, REJECT_CHAIN, SERVICES},
     render::{self, ClassSpec, FrontendKey, OwnChain, PortRender, SetRef},
@@ -25,6 +26,12 @@ use crate::{
 /// one. A partial sync that would overflow a sized set falls back to a full sync, which
 /// sizes it anew. Smaller sets stay growable, so many small class sets cost no memory.
 const SIZED_SET_MIN: usize = 8192;
+
+/// Full syncs of at least this many ports render on several threads; below it a thread
+/// costs more than it saves.
+const PARALLEL_RENDER_MIN: usize = 4096;
+/// Threads rendering one full sync, at most.
+const RENDER_THREADS_MAX: usize = 4;
 
 /// One service port's claims and contribution.
 #[derive(Debug, Clone)]
@@ -90,14 +97,16 @@ struct ClassState {
 pub(crate) struct FamilyState {
     fam: Family,
     mark: u32,
-    ports: HashMap<Arc<ServicePortKey>, PortState>,
+    ports: FastMap<Arc<ServicePortKey>, PortState>,
     /// Every port claiming a frontend; the first owns it.
-    frontends: HashMap<FrontendKey, Claimants>,
+    frontends: FastMap<FrontendKey, Claimants>,
     /// Reference counts of shared elements.
-    shared: HashMap<(FixedSet, Value), usize>,
-    classes: HashMap<ClassSpec, ClassState>,
+    shared: FastMap<(FixedSet, Value), usize>,
+    classes: FastMap<ClassSpec, ClassState>,
     /// Sets created with a fixed size: name → (elements, capacity).
-    capacity: HashMap<String, (usize, u32)>,
+    capacity: FastMap<String, (usize, u32)>,
+    /// Threads a big full sync renders on.
+    render_threads: usize,
 }
 
 /// Result of planning a partial sync.
@@ -116,8 +125,8 @@ struct Phases {
     new_chains: Vec<Chain>,
     flushes: Vec<Name>,
     rules: Vec<(Name, Rule)>,
-    deletes: HashMap<Name, Vec<Element>>,
-    adds: HashMap<Name, Vec<Element>>,
+    deletes: ElementOps,
+    adds: ElementOps,
     services_dirty: bool,
     /// A change the phases cannot express (an own set whose definition changed).
     needs_full: bool,
@@ -125,8 +134,68 @@ struct Phases {
     del_sets: Vec<Name>,
 }
 
+/// Elements to add or delete, per set. A full sync at 100k services files over a
+/// million elements, nearly all into fixed sets: those are indexed by [`FixedSet`]
+/// instead of hashing a set name per element.
+#[derive(Default)]
+struct ElementOps {
+    fixed: [Vec<Element>; FixedSet::ALL.len()],
+    /// Whole endpoint lists of ports, shared with their renders (adds only).
+    endpoint_lists: Vec<Arc<Vec<Element>>>,
+    /// Class sets, by name.
+    named: FastMap<Name, Vec<Element>>,
+}
+
+impl ElementOps {
+    fn fixed_mut(&mut self, s: FixedSet) -> &mut Vec<Element> {
+        &mut self.fixed[s as usize]
+    }
+
+    fn named_mut(&mut self, name: Name) -> &mut Vec<Element> {
+        self.named.entry(name).or_default()
+    }
+
+    fn shared_endpoints(&self) -> usize {
+        self.endpoint_lists.iter().map(|l| l.len()).sum()
+    }
+
+    /// Number of elements for the set called `name`.
+    fn count(&self, name: &str) -> usize {
+        match FixedSet::ALL.iter().find(|s| s.name() == name) {
+            Some(FixedSet::Endpoints) => {
+                self.fixed[FixedSet::Endpoints as usize].len() + self.shared_endpoints()
+            }
+            Some(s) => self.fixed[*s as usize].len(),
+            None => self.named.get(name).map_or(0, Vec::len),
+        }
+    }
+
+    /// Every non-empty list, fixed sets first; shared endpoint lists are left out.
+    fn into_lists(self) -> impl Iterator<Item = (Name, Vec<Element>)> {
+        FixedSet::ALL
+            .into_iter()
+            .zip(self.fixed)
+            .map(|(s, els)| (fixed_name(s), els))
+            .chain(self.named)
+            .filter(|(_, els)| !els.is_empty())
+    }
+
+    /// Element count per set name, for sets with elements.
+    fn counts(&self) -> impl Iterator<Item = (&str, usize)> {
+        FixedSet::ALL
+            .iter()
+            .zip(&self.fixed)
+            .map(|(s, els)| match s {
+                FixedSet::Endpoints => (s.name(), els.len() + self.shared_endpoints()),
+                _ => (s.name(), els.len()),
+            })
+            .chain(self.named.iter().map(|(n, els)| (&**n, els.len())))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
 impl Phases {
-    fn into_ops(self, fam: Family, dispatch: Option<Vec<Rule>>, tx: &mut Transaction) {
+    fn into_ops(mut self, fam: Family, dispatch: Option<Vec<Rule>>, tx: &mut Transaction) {
         tx.ops
             .extend(self.new_sets.into_iter().map(|s| Op::AddSet(fam, s)));
         tx.ops
@@ -137,14 +206,22 @@ impl Phases {
             .extend(self.rules.into_iter().map(|(c, r)| Op::AddRule(fam, c, r)));
         tx.ops.extend(
             self.deletes
-                .into_iter()
+                .into_lists()
                 .map(|(s, e)| Op::DeleteElements(fam, s, e)),
         );
+        let shared = std::mem::take(&mut self.adds.endpoint_lists);
         tx.ops.extend(
             self.adds
-                .into_iter()
+                .into_lists()
                 .map(|(s, e)| Op::AddElements(fam, s, e)),
         );
+        if !shared.is_empty() {
+            tx.push(Op::AddSharedElements(
+                fam,
+                fixed_name(FixedSet::Endpoints),
+                shared,
+            ));
+        }
         if let Some(rules) = dispatch {
             tx.push(Op::FlushChain(fam, SERVICES.into()));
             tx.ops.extend(
@@ -160,7 +237,7 @@ impl Phases {
     }
 }
 
-/// Fixed set names, allocated once: element bookkeeping clones them per element.
+/// Fixed set names, allocated once and cloned into every transaction that needs them.
 static FIXED_NAMES: LazyLock<Vec<(FixedSet, Name)>> = LazyLock::new(|| {
     FixedSet::ALL
         .iter()
@@ -189,11 +266,14 @@ impl FamilyState {
         Self {
             fam,
             mark,
-            ports: HashMap::new(),
-            frontends: HashMap::new(),
-            shared: HashMap::new(),
-            classes: HashMap::new(),
-            capacity: HashMap::new(),
+            ports: FastMap::default(),
+            frontends: FastMap::default(),
+            shared: FastMap::default(),
+            classes: FastMap::default(),
+            capacity: FastMap::default(),
+            render_threads: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(RENDER_THREADS_MAX),
         }
     }
 
@@ -253,7 +333,9 @@ impl FamilyState {
 
     /// Replaces the whole table: delete and re-create in the same transaction.
     pub(crate) fn full(&mut self, model: &ProxyModel, tx: &mut Transaction) {
-        let old = std::mem::replace(self, Self::new(self.fam, self.mark));
+        let mut fresh = Self::new(self.fam, self.mark);
+        fresh.render_threads = self.render_threads;
+        let old = std::mem::replace(self, fresh);
         if old.ports.len() > 10_000 {
             // Freeing a million elements takes a noticeable time the sync need not wait for.
             std::thread::spawn(move || drop(old));
@@ -292,28 +374,18 @@ impl FamilyState {
             },
         ));
         let mut ph = Phases::default();
-        let states: Vec<PortState> = ports
-            .into_iter()
-            .map(|(key, p, claims)| {
-                self.warn_duplicates(&key, &claims);
-                PortState {
-                    render: self.render(p),
-                    key,
-                    claims,
-                }
-            })
-            .collect();
+        let states = self.render_all(ports);
         // Size the element vectors once: they hold over a million elements at 100k services.
-        let mut counts: HashMap<FixedSet, usize> = HashMap::new();
+        let mut counts = [0usize; FixedSet::ALL.len()];
         for st in &states {
             for (set, _) in &st.render.elements {
                 if let SetRef::Fixed(s) = set {
-                    *counts.entry(*s).or_default() += 1;
+                    counts[*s as usize] += 1;
                 }
             }
         }
-        for (s, n) in counts {
-            ph.adds.entry(fixed_name(s)).or_default().reserve(n);
+        for (s, n) in FixedSet::ALL.into_iter().zip(counts) {
+            ph.adds.fixed_mut(s).reserve(n);
         }
         self.ports.reserve(states.len());
         let empty = PortRender::default();
@@ -339,14 +411,68 @@ impl FamilyState {
         ph.into_ops(fam, Some(dispatch), tx);
     }
 
+    /// Renders every port of a full sync. Rendering is pure and reads only the claims, so
+    /// big models are split over a few threads: at 100k services it is most of the
+    /// sync's own (non-kernel) time. Ports keep their order, so the transaction is the
+    /// same however it was split.
+    fn render_all(
+        &self,
+        ports: Vec<(Arc<ServicePortKey>, &ServicePort, Vec<FrontendKey>)>,
+    ) -> Vec<PortState> {
+        let render = |(key, p, claims): (Arc<ServicePortKey>, &ServicePort, Vec<FrontendKey>)| {
+            self.warn_duplicates(&key, &claims);
+            PortState {
+                render: self.render(p),
+                key,
+                claims,
+            }
+        };
+        let threads = self.render_threads;
+        if threads < 2 || ports.len() < PARALLEL_RENDER_MIN {
+            return ports.into_iter().map(render).collect();
+        }
+        let total = ports.len();
+        let chunk = total.div_ceil(threads);
+        let mut chunks: Vec<Vec<_>> = Vec::with_capacity(threads);
+        let mut rest = ports.into_iter();
+        for _ in 0..threads {
+            chunks.push(rest.by_ref().take(chunk).collect());
+        }
+        // Warnings about bad ports go where the caller's would, inside the caller's span.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let span = tracing::Span::current();
+        std::thread::scope(|scope| {
+            let render = &render;
+            let workers: Vec<_> = chunks
+                .into_iter()
+                .map(|c| {
+                    let (dispatch, span) = (dispatch.clone(), span.clone());
+                    scope.spawn(move || {
+                        tracing::dispatcher::with_default(&dispatch, || {
+                            span.in_scope(|| c.into_iter().map(render).collect::<Vec<_>>())
+                        })
+                    })
+                })
+                .collect();
+            let mut states = Vec::with_capacity(total);
+            for w in workers {
+                match w.join() {
+                    Ok(part) => states.extend(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            states
+        })
+    }
+
     /// Fixes the size of every big set created by a full sync (the kernel then uses a
     /// pre-sized hash table instead of growing one), with headroom for partial syncs.
     fn size_sets(&mut self, ph: &Phases) {
         self.capacity.clear();
-        for (name, els) in &ph.adds {
-            if els.len() >= SIZED_SET_MIN {
-                let cap = u32::try_from(els.len() * 3 / 2).unwrap_or(u32::MAX);
-                self.capacity.insert(name.to_string(), (els.len(), cap));
+        for (name, n) in ph.adds.counts() {
+            if n >= SIZED_SET_MIN {
+                let cap = u32::try_from(n * 3 / 2).unwrap_or(u32::MAX);
+                self.capacity.insert(name.to_owned(), (n, cap));
             }
         }
     }
@@ -354,8 +480,8 @@ impl FamilyState {
     /// Counts the sized sets' elements after `ph`; false when one would overflow.
     fn fits(&mut self, ph: &Phases) -> bool {
         for (name, (count, cap)) in &mut self.capacity {
-            let added = ph.adds.get(name.as_str()).map_or(0, Vec::len);
-            let deleted = ph.deletes.get(name.as_str()).map_or(0, Vec::len);
+            let added = ph.adds.count(name);
+            let deleted = ph.deletes.count(name);
             *count = (*count + added).saturating_sub(deleted);
             if *count > *cap as usize {
                 return false;
@@ -457,19 +583,33 @@ impl FamilyState {
     /// Turns the change from `old` to `new` into element and chain ops, updating
     /// reference counts; shared objects change only on 0 ↔ 1 transitions.
     fn account(&mut self, old: &PortRender, new: &PortRender, ph: &mut Phases) {
-        if old.elements.is_empty() || new.elements.is_empty() {
+        if old.has_no_elements() || new.has_no_elements() {
             // All adds or all deletes: no need to compare.
             for item in &old.elements {
                 self.element_change(item, false, ph);
             }
+            ph.deletes
+                .fixed_mut(FixedSet::Endpoints)
+                .extend(old.endpoints.iter().cloned());
             for item in &new.elements {
                 self.element_change(item, true, ph);
+            }
+            if !new.endpoints.is_empty() {
+                ph.adds.endpoint_lists.push(new.endpoints.clone());
             }
             Self::own_objects(old, new, ph);
             return;
         }
-        let old_set: HashSet<&(SetRef, Element)> = old.elements.iter().collect();
-        let new_set: HashSet<&(SetRef, Element)> = new.elements.iter().collect();
+        let old_eps: FastSet<&Element> = old.endpoints.iter().collect();
+        let new_eps: FastSet<&Element> = new.endpoints.iter().collect();
+        let gone = old.endpoints.iter().filter(|e| !new_eps.contains(e));
+        ph.deletes
+            .fixed_mut(FixedSet::Endpoints)
+            .extend(gone.cloned());
+        let came = new.endpoints.iter().filter(|e| !old_eps.contains(e));
+        ph.adds.fixed_mut(FixedSet::Endpoints).extend(came.cloned());
+        let old_set: FastSet<&(SetRef, Element)> = old.elements.iter().collect();
+        let new_set: FastSet<&(SetRef, Element)> = new.elements.iter().collect();
         for item in &old.elements {
             if !new_set.contains(item) {
                 self.element_change(item, false, ph);
@@ -484,7 +624,8 @@ impl FamilyState {
     }
 
     fn element_change(&mut self, (set, el): &(SetRef, Element), add: bool, ph: &mut Phases) {
-        let name: Name = match set {
+        let target = if add { &mut ph.adds } else { &mut ph.deletes };
+        let list = match set {
             SetRef::Fixed(s @ (FixedSet::ClusterIps | FixedSet::Hairpin)) => {
                 let count = self.shared.entry((*s, el.key)).or_default();
                 let emit = if add {
@@ -500,13 +641,16 @@ impl FamilyState {
                 if !emit {
                     return;
                 }
-                fixed_name(*s)
+                target.fixed_mut(*s)
             }
-            SetRef::Fixed(s) => fixed_name(*s),
-            SetRef::Class(spec) => self.class_user(spec, add, ph),
+            SetRef::Fixed(s) => target.fixed_mut(*s),
+            SetRef::Class(spec) => {
+                let name = self.class_user(spec, add, ph);
+                let target = if add { &mut ph.adds } else { &mut ph.deletes };
+                target.named_mut(name)
+            }
         };
-        let target = if add { &mut ph.adds } else { &mut ph.deletes };
-        target.entry(name).or_default().push(el.clone());
+        list.push(el.clone());
     }
 
     /// Counts a class user; creates the class on its first user and deletes it with its
@@ -515,13 +659,20 @@ impl FamilyState {
         let fam = self.fam;
         if add {
             let mark = self.mark;
+            // Looked up before inserting: cloning the spec per element cost an allocation.
+            if !self.classes.contains_key(spec) {
+                self.classes.insert(
+                    spec.clone(),
+                    ClassState {
+                        name: spec.name(),
+                        users: 0,
+                    },
+                );
+            }
             let entry = self
                 .classes
-                .entry(spec.clone())
-                .or_insert_with(|| ClassState {
-                    name: spec.name(),
-                    users: 0,
-                });
+                .get_mut(spec)
+                .expect("inserted above when missing");
             if entry.users == 0 {
                 let name = entry.name.clone();
                 if let Some(pos) = ph.del_chains.iter().position(|c| *c == name) {
@@ -572,11 +723,11 @@ impl FamilyState {
     /// Own chains and sets (affinity): create new ones, rewrite changed ones, delete gone
     /// ones (referencing chains first).
     fn own_objects(old: &PortRender, new: &PortRender, ph: &mut Phases) {
-        let old_chains: HashMap<&Name, &OwnChain> =
+        let old_chains: FastMap<&Name, &OwnChain> =
             old.chains.iter().map(|c| (&c.name, c)).collect();
-        let new_names: HashSet<&Name> = new.chains.iter().map(|c| &c.name).collect();
-        let old_sets: HashMap<&Name, &Set> = old.sets.iter().map(|s| (&s.name, s)).collect();
-        let new_sets: HashSet<&Name> = new.sets.iter().map(|s| &s.name).collect();
+        let new_names: FastSet<&Name> = new.chains.iter().map(|c| &c.name).collect();
+        let old_sets: FastMap<&Name, &Set> = old.sets.iter().map(|s| (&s.name, s)).collect();
+        let new_sets: FastSet<&Name> = new.sets.iter().map(|s| &s.name).collect();
         for s in &new.sets {
             match old_sets.get(&s.name) {
                 None => ph.new_sets.push(s.clone()),
@@ -637,5 +788,32 @@ impl FamilyState {
     /// Number of class chains in use (for stats and tests).
     pub(crate) fn class_count(&self) -> usize {
         self.classes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::many;
+
+    /// A model big enough to render on several threads must give exactly the
+    /// transaction (ops, order, elements) a single thread gives.
+    #[test]
+    fn parallel_render_gives_the_sequential_transaction() {
+        let m = many(u32::try_from(PARALLEL_RENDER_MIN).unwrap() + 904, 2);
+        let ports = m.ports.len();
+        let full = |threads| {
+            let mut st = FamilyState::new(Family::Ip, 0x4000);
+            st.render_threads = threads;
+            let mut tx = Transaction::default();
+            st.full(&m, &mut tx);
+            tx
+        };
+        let one = full(1);
+        // Three uneven chunks: ordering mistakes at chunk edges would show.
+        let three = full(3);
+        // ClusterIP, class element and two endpoints per port.
+        assert_eq!(one.element_count(), ports * 4);
+        assert!(one == three, "parallel rendering changed the transaction");
     }
 }

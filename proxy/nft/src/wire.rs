@@ -398,10 +398,14 @@ impl BatchEncoder {
                 self.w.end_msg(m);
             }
             Op::AddElements(_, set, elems) => {
+                self.elements(index, fam, MsgType::NewSetElem, set, elems.iter());
+            }
+            Op::AddSharedElements(_, set, lists) => {
+                let elems = lists.iter().flat_map(|l| l.iter());
                 self.elements(index, fam, MsgType::NewSetElem, set, elems);
             }
             Op::DeleteElements(_, set, elems) => {
-                self.elements(index, fam, MsgType::DelSetElem, set, elems);
+                self.elements(index, fam, MsgType::DelSetElem, set, elems.iter());
             }
         }
     }
@@ -499,25 +503,27 @@ impl BatchEncoder {
     }
 
     /// Element messages: as many elements per message as fit one nested attribute.
-    fn elements(&mut self, index: usize, fam: Family, t: MsgType, set: &str, elems: &[Element]) {
+    fn elements<'e>(
+        &mut self,
+        index: usize,
+        fam: Family,
+        t: MsgType,
+        set: &str,
+        elems: impl Iterator<Item = &'e Element>,
+    ) {
         let add = matches!(t, MsgType::NewSetElem);
         let flags = if add { NLM_F_CREATE } else { 0 };
         let mut scratch = Vec::with_capacity(64);
-        let mut rest = elems;
-        while !rest.is_empty() {
+        let mut elems = elems.peekable();
+        while elems.peek().is_some() {
             let m = self.msg(index, t, flags, fam);
             self.w.attr_str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
             self.w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
             let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-            let mut taken = 0;
-            for e in rest {
-                if self.w.buf.len() - list > ELEMENT_BYTES_PER_MSG {
-                    break;
-                }
+            while self.w.buf.len() - list <= ELEMENT_BYTES_PER_MSG {
+                let Some(e) = elems.next() else { break };
                 self.element(e, add, &mut scratch);
-                taken += 1;
             }
-            rest = &rest[taken..];
             self.w.end_nest(list);
             self.w.end_msg(m);
         }

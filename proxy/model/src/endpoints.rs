@@ -24,25 +24,64 @@ pub(crate) struct SlicePort {
     pub(crate) port: u16,
 }
 
-/// One endpoint of a slice, with conditions defaulted as the API documents.
+/// One endpoint of a slice, with conditions defaulted as the API documents. Kept for every
+/// endpoint of the cluster between syncs, so it is packed: 40 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SliceEndpoint {
     /// `addresses[0]`; further addresses are ignored, as upstream does.
     pub(crate) ip: IpAddr,
-    /// `conditions.ready`, nil meaning true.
-    pub(crate) ready: bool,
-    /// `conditions.serving`, nil meaning true.
-    pub(crate) serving: bool,
-    /// `conditions.terminating`, nil meaning false.
-    pub(crate) terminating: bool,
+    /// The conditions, as [`READY`], [`SERVING`] and [`TERMINATING`] bits.
+    conditions: u8,
     /// `nodeName`.
     pub(crate) node_name: Option<Arc<str>>,
+    /// `zone` and `hints`, which most endpoints lack; boxed so those pay one pointer.
+    extra: Option<Box<EndpointExtra>>,
+}
+
+/// Bit of [`SliceEndpoint`]'s conditions: `conditions.ready` (nil meaning true).
+const READY: u8 = 1;
+/// `conditions.serving` (nil meaning true).
+const SERVING: u8 = 2;
+/// `conditions.terminating` (nil meaning false).
+const TERMINATING: u8 = 4;
+
+/// The rarely set parts of an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct EndpointExtra {
     /// `zone`.
-    pub(crate) zone: Option<Arc<str>>,
+    zone: Option<Arc<str>>,
     /// `hints.forNodes[].name`.
-    pub(crate) for_nodes: Box<[Arc<str>]>,
+    for_nodes: Box<[Arc<str>]>,
     /// `hints.forZones[].name`.
-    pub(crate) for_zones: Box<[Arc<str>]>,
+    for_zones: Box<[Arc<str>]>,
+}
+
+impl SliceEndpoint {
+    pub(crate) fn ready(&self) -> bool {
+        self.conditions & READY != 0
+    }
+
+    pub(crate) fn serving(&self) -> bool {
+        self.conditions & SERVING != 0
+    }
+
+    pub(crate) fn terminating(&self) -> bool {
+        self.conditions & TERMINATING != 0
+    }
+
+    pub(crate) fn zone(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref().and_then(|extra| extra.zone.as_ref())
+    }
+
+    pub(crate) fn hints(&self) -> Hints<'_> {
+        match &self.extra {
+            Some(extra) => Hints {
+                for_nodes: &extra.for_nodes,
+                for_zones: &extra.for_zones,
+            },
+            None => Hints::default(),
+        }
+    }
 }
 
 /// A checked IPv4 or IPv6 slice.
@@ -57,7 +96,7 @@ pub(crate) struct ParsedSlice {
 }
 
 /// What a slice contributes.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SliceParse {
     /// An FQDN slice: the proxy has no use for it (by rule, no warning).
     Fqdn,
@@ -166,6 +205,7 @@ fn parse_endpoint(
     }
     let conditions = endpoint.conditions.as_ref();
     let hints = endpoint.hints.as_ref();
+    let bit = |set: bool, bit: u8| if set { bit } else { 0 };
     let for_nodes = hints
         .and_then(|h| h.for_nodes.as_deref())
         .unwrap_or_default()
@@ -178,18 +218,24 @@ fn parse_endpoint(
         .iter()
         .map(|zone| interner.intern(&zone.name))
         .collect();
+    let extra = EndpointExtra {
+        zone: endpoint.zone.as_deref().map(|zone| interner.intern(zone)),
+        for_nodes,
+        for_zones,
+    };
     Ok(SliceEndpoint {
         ip,
-        ready: conditions.and_then(|c| c.ready).unwrap_or(true),
-        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
-        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        conditions: bit(conditions.and_then(|c| c.ready).unwrap_or(true), READY)
+            | bit(conditions.and_then(|c| c.serving).unwrap_or(true), SERVING)
+            | bit(
+                conditions.and_then(|c| c.terminating).unwrap_or(false),
+                TERMINATING,
+            ),
         node_name: endpoint
             .node_name
             .as_deref()
             .map(|name| interner.intern(name)),
-        zone: endpoint.zone.as_deref().map(|zone| interner.intern(zone)),
-        for_nodes,
-        for_zones,
+        extra: (extra != EndpointExtra::default()).then(|| Box::new(extra)),
     })
 }
 
@@ -242,7 +288,7 @@ pub(crate) fn merge<'s>(
             continue;
         };
         for endpoint in &slice.endpoints {
-            let rank = Reverse((is_local(endpoint), endpoint.ready, endpoint.serving));
+            let rank = Reverse((is_local(endpoint), endpoint.ready(), endpoint.serving()));
             candidates.push((endpoint.ip, port.port, rank, order, endpoint));
         }
     }
@@ -257,17 +303,14 @@ pub(crate) fn merge<'s>(
         merged.endpoints.push(Endpoint {
             ip,
             port,
-            ready: endpoint.ready,
-            serving: endpoint.serving,
-            terminating: endpoint.terminating,
+            ready: endpoint.ready(),
+            serving: endpoint.serving(),
+            terminating: endpoint.terminating(),
             node_name: endpoint.node_name.clone(),
-            zone: endpoint.zone.clone(),
+            zone: endpoint.zone().cloned(),
             is_local: is_local(endpoint),
         });
-        merged.hints.push(Hints {
-            for_nodes: &endpoint.for_nodes,
-            for_zones: &endpoint.for_zones,
-        });
+        merged.hints.push(endpoint.hints());
     }
     merged
 }

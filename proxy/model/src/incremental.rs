@@ -13,8 +13,8 @@ use std::{
 };
 
 use crate::{
-    ClusterState, LABEL_SERVICE_NAME, ModelConfig, ModelDiff, ModelWarning, ObjectKey, ObjectKind,
-    ProxyModel, ServicePortKey, build, diff,
+    ClusterState, ModelConfig, ModelDiff, ModelWarning, ObjectKey, ObjectKind, ProxyModel,
+    ServicePortKey, SliceInfo, build, diff,
 };
 
 /// Which objects may differ from the previous snapshot a source handed out.
@@ -200,6 +200,7 @@ impl Incremental {
                 services: BTreeMap::from([(service_key.clone(), Arc::clone(service))]),
                 slices,
                 node: state.node.clone(),
+                ..ClusterState::default()
             };
             let built = build(&mini, config);
             let old_ports = self.take_ports(service_key);
@@ -258,10 +259,6 @@ fn concerns(
 }
 
 /// The Service a slice belongs to: its namespace and `kubernetes.io/service-name` label.
-fn owner(
-    key: &ObjectKey,
-    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
-) -> Option<ObjectKey> {
-    let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
-    Some(ObjectKey::new(key.namespace.clone(), name.clone()))
+fn owner(key: &ObjectKey, slice: &SliceInfo) -> Option<ObjectKey> {
+    Some(ObjectKey::new(key.namespace.clone(), slice.service_name()?))
 }

@@ -163,18 +163,68 @@ impl std::error::Error for DocumentError {}
 /// JSON objects when the text starts with `{`. Empty documents are skipped; a `v1 List`
 /// yields its items. Namespaced objects without a namespace get `default`, as kubectl does.
 pub fn parse_documents(text: &str) -> Vec<Result<ManifestObject, DocumentError>> {
-    if text.trim_start().starts_with('{') {
-        return parse_json_stream(text);
-    }
     let mut results = Vec::new();
+    for_each_document(text, |result| results.push(result));
+    results
+}
+
+/// [`parse_documents`], handing each result to `each` as soon as it is read, so a caller
+/// that converts objects holds one parsed object at a time, not a whole file's.
+pub fn for_each_document(text: &str, mut each: impl FnMut(Result<ManifestObject, DocumentError>)) {
+    if text.trim_start().starts_with('{') {
+        parse_json_stream(text).into_iter().for_each(each);
+        return;
+    }
     for (index, (line, document)) in split_yaml(text).into_iter().enumerate() {
         let at = Position {
             document: index + 1,
             line,
         };
-        results.extend(parse_yaml_document(document, at));
+        if let Some(object) = parse_yaml_fast(document) {
+            each(Ok(object));
+            continue;
+        }
+        parse_yaml_document(document, at)
+            .into_iter()
+            .for_each(&mut each);
     }
-    results
+}
+
+/// The common case in one parse: a block-style document whose top-level `apiVersion` and
+/// `kind` lines name a known object kind, decoded straight as that kind. None sends the
+/// document down the general path (header first, then the object), which also writes the
+/// errors; anything this accepts, that path would have accepted the same way. k8s-openapi
+/// checks `apiVersion` and `kind` itself while decoding, so a misread line cannot make a
+/// Service of a Node.
+fn parse_yaml_fast(text: &str) -> Option<ManifestObject> {
+    let (mut api_version, mut kind) = (None, None);
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix("apiVersion:") {
+            api_version = Some(value.trim());
+        } else if let Some(value) = line.strip_prefix("kind:") {
+            kind = Some(value.trim());
+        }
+    }
+    let object = match (api_version?, kind?) {
+        ("v1", "Service") => {
+            ManifestObject::Service(serde_saphyr::from_str_with_options(text, yaml_options()).ok()?)
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => ManifestObject::EndpointSlice(
+            serde_saphyr::from_str_with_options(text, yaml_options()).ok()?,
+        ),
+        ("v1", "Node") => {
+            ManifestObject::Node(serde_saphyr::from_str_with_options(text, yaml_options()).ok()?)
+        }
+        _ => return None,
+    };
+    let name = match &object {
+        ManifestObject::Service(svc) => svc.metadata.name.as_deref(),
+        ManifestObject::EndpointSlice(slice) => slice.metadata.name.as_deref(),
+        ManifestObject::Node(node) => node.metadata.name.as_deref(),
+        ManifestObject::Ignored { .. } => None,
+    };
+    name.is_some_and(|name| !name.is_empty())
+        .then(|| default_namespace(object))
 }
 
 /// Where a document is, for errors.

@@ -8,14 +8,11 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     fmt::Write as _,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use kproxy_model::{
-    ClusterState, LABEL_SERVICE_NAME, ModelConfig, ObjectKey, Verdict, build,
+    ClusterState, LABEL_SERVICE_NAME, ModelConfig, Verdict, build,
     manifest::{ManifestObject, parse_documents},
 };
 
@@ -94,13 +91,8 @@ fn cluster_state() -> ClusterState {
             .as_mut()
             .unwrap()
             .insert(LABEL_SERVICE_NAME.to_owned(), name.clone());
-        cluster.slices.insert(
-            ObjectKey::new("default", format!("{name}-1")),
-            Arc::new(slice),
-        );
-        cluster
-            .services
-            .insert(ObjectKey::new("default", name), Arc::new(service));
+        cluster.insert_k8s_slice(&slice);
+        cluster.insert_k8s_service(&service);
     }
     cluster
 }

@@ -120,7 +120,7 @@ fn key(name: &str) -> ObjectKey {
 }
 
 fn keys<V>(map: &std::collections::BTreeMap<ObjectKey, V>) -> BTreeSet<String> {
-    map.keys().map(|k| k.name.clone()).collect()
+    map.keys().map(|k| k.name.to_string()).collect()
 }
 
 fn names(items: &[&str]) -> BTreeSet<String> {

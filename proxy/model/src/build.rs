@@ -184,7 +184,7 @@ fn index_slices<'a>(
         }
         match slice.service_name() {
             Some(service) => index
-                .entry((key.namespace.as_str(), service))
+                .entry((&*key.namespace, service))
                 .or_default()
                 .push((key, &**slice)),
             None => warnings.push(ModelWarning::object_ignored(
@@ -255,10 +255,7 @@ fn build_service(
             return None;
         }
     };
-    let slice_refs = usable_slices(
-        slices.get(&(key.namespace.as_str(), key.name.as_str())),
-        warnings,
-    );
+    let slice_refs = usable_slices(slices.get(&(&*key.namespace, &*key.name)), warnings);
     let mut ports = Vec::with_capacity(parsed.ports.len() * parsed.cluster_ips.len());
     for family in FAMILIES {
         let Some(cluster_ip) = parsed.cluster_ip(family) else {
@@ -370,8 +367,8 @@ fn service_port(
         key: ServicePortKey {
             family,
             name: ServicePortName {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+                namespace: key.namespace.to_string(),
+                name: key.name.to_string(),
                 port_name: port.name.clone(),
                 protocol: port.protocol,
             },

@@ -36,8 +36,8 @@ fn proxy_name(labels: Option<&BTreeMap<String, String>>) -> Option<Box<str>> {
 /// Namespace/name of an object's metadata (empty strings when unset).
 fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
     ObjectKey::new(
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
     )
 }
 

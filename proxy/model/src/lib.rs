@@ -57,30 +57,28 @@ use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::Endpoin
 
 use crate::manifest::ManifestObject;
 
-/// Namespace and name of an object.
+/// Namespace and name of an object. The strings are shared: a key is copied into the
+/// source's maps, the change sets and the model's indexes, and each copy is a pointer.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     /// Namespace (empty for cluster-scoped objects such as Node).
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
     /// Key of a namespaced object.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
         Self {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: namespace.as_ref().into(),
+            name: name.as_ref().into(),
         }
     }
 
     /// Key of a cluster-scoped object (Node).
-    pub fn cluster_scoped(name: impl Into<String>) -> Self {
-        Self {
-            namespace: String::new(),
-            name: name.into(),
-        }
+    pub fn cluster_scoped(name: impl AsRef<str>) -> Self {
+        Self::new("", name)
     }
 }
 

@@ -58,10 +58,10 @@ impl ManifestObject {
             Self::Node(node) => &node.metadata,
             Self::Ignored { .. } => return None,
         };
-        Some(ObjectKey {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
-        })
+        Some(ObjectKey::new(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        ))
     }
 
     /// The object's `kind`.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use kproxy_model::{
-    ClusterState, LABEL_SERVICE_NAME, ModelConfig, Verdict, build,
+    Changes, ClusterState, Incremental, LABEL_SERVICE_NAME, ModelConfig, Verdict, build,
     manifest::{ManifestObject, parse_documents},
 };
 
@@ -135,5 +135,17 @@ fn hundred_thousand_services_with_ten_endpoints_each() {
         state_bytes / MIB,
         model_bytes / MIB,
         build_peak / MIB
+    );
+
+    // What the agent keeps between syncs: the incremental model with its indexes.
+    drop(built);
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut incremental = Incremental::default();
+    let update = incremental.update(&cluster, &Changes::All, &config);
+    assert_eq!(update.diff.added.len(), SERVICES as usize);
+    drop(update);
+    println!(
+        "incremental model with its indexes: {} MiB",
+        (LIVE.load(Ordering::Relaxed) - before) / MIB
     );
 }

@@ -501,7 +501,7 @@ impl Kind for NodeStore {
     }
 
     fn get<'s>(state: &'s ClusterState, key: &ObjectKey) -> Option<&'s Arc<NodeInfo>> {
-        state.node.as_ref().filter(|node| node.name() == key.name)
+        state.node.as_ref().filter(|node| node.name() == &*key.name)
     }
 
     fn set(state: &mut ClusterState, _key: ObjectKey, info: Option<Arc<NodeInfo>>) {

@@ -461,7 +461,7 @@ fn converted(
         let name = if key.name.is_empty() {
             "<no name>"
         } else {
-            &key.name
+            &*key.name
         };
         format!("{kind} {}/{name}", key.namespace)
     };

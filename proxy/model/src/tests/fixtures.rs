@@ -117,7 +117,7 @@ pub(super) fn ports_of<'a>(built: &'a Built, key: &ObjectKey) -> Vec<&'a Service
         .model
         .ports
         .values()
-        .filter(|p| p.key.name.namespace == key.namespace && p.key.name.name == key.name)
+        .filter(|p| *p.key.name.namespace == *key.namespace && *p.key.name.name == *key.name)
         .collect()
 }
 

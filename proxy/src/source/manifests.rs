@@ -85,6 +85,9 @@ enum Kind {
     Node,
 }
 
+/// The definitions of one object, by file, sorted by path; the last one wins.
+type Definitions = Vec<(Arc<Path>, Doc)>;
+
 /// What the source remembers of one file.
 #[derive(Debug, Default)]
 struct FileState {
@@ -101,10 +104,12 @@ struct FileState {
 pub struct ManifestsSource {
     dir: PathBuf,
     node_name: String,
-    files: BTreeMap<PathBuf, FileState>,
+    files: BTreeMap<Arc<Path>, FileState>,
     /// Every definition of every object, by file: when two files define the same object
     /// the later file (in name order) wins, with a warning.
-    defs: HashMap<(Kind, ObjectKey), BTreeMap<PathBuf, Doc>>,
+    /// Each list is sorted by path; nearly every object has one definition, which a Vec
+    /// holds in one small allocation where a one-entry map would take a whole B-tree node.
+    defs: HashMap<(Kind, ObjectKey), Definitions>,
     /// The state, shared copy-on-write with the sync loop: a change updates it in place
     /// unless a snapshot is still alive.
     state: Arc<ClusterState>,
@@ -159,10 +164,10 @@ impl ManifestsSource {
             }
         };
         let mut changed = false;
-        let removed: Vec<PathBuf> = self
+        let removed: Vec<Arc<Path>> = self
             .files
             .keys()
-            .filter(|p| !paths.contains_key(*p))
+            .filter(|p| !paths.contains_key(&***p))
             .cloned()
             .collect();
         for path in removed {
@@ -170,7 +175,12 @@ impl ManifestsSource {
             changed |= self.replace_docs(&path, &file.docs, &[]);
         }
         for (path, fingerprint) in paths {
-            let file = self.files.entry(path.clone()).or_default();
+            // One shared copy of each file's path, however many objects it defines.
+            let path: Arc<Path> = match self.files.get_key_value(path.as_path()) {
+                Some((known, _)) => Arc::clone(known),
+                None => Arc::from(path),
+            };
+            let file = self.files.entry(Arc::clone(&path)).or_default();
             if file.fingerprint == fingerprint && !file.docs.is_empty() {
                 continue;
             }
@@ -198,25 +208,24 @@ impl ManifestsSource {
 
     /// Replaces what `path` defines (`old`) with `new` and updates the state for every
     /// object whose winning definition changed; true when any did.
-    fn replace_docs(&mut self, path: &Path, old: &[Option<Doc>], new: &[Option<Doc>]) -> bool {
+    fn replace_docs(&mut self, path: &Arc<Path>, old: &[Option<Doc>], new: &[Option<Doc>]) -> bool {
         let mut touched = BTreeSet::new();
         for doc in old.iter().flatten() {
             let key = doc.key();
             if let Some(defs) = self.defs.get_mut(&key) {
-                defs.remove(path);
+                defs.retain(|(p, _)| p != path);
             }
             touched.insert(key);
         }
         for doc in new.iter().flatten() {
             let key = doc.key();
             let defs = self.defs.entry(key.clone()).or_default();
-            defs.insert(path.to_owned(), doc.clone());
+            match defs.binary_search_by(|(p, _)| (**p).cmp(&**path)) {
+                Ok(at) => defs[at].1 = doc.clone(),
+                Err(at) => defs.insert(at, (Arc::clone(path), doc.clone())),
+            }
             if defs.len() == 2 {
-                let first = defs
-                    .keys()
-                    .next()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
+                let first = defs[0].0.display().to_string();
                 warn!(kind = ?key.0, object = %key.1, first, file = %path.display(), "object defined in two files; the later file wins");
             }
             touched.insert(key);
@@ -226,7 +235,7 @@ impl ManifestsSource {
             let winner = self
                 .defs
                 .get(&key)
-                .and_then(|d| d.values().next_back().cloned());
+                .and_then(|d| d.last().map(|(_, doc)| doc.clone()));
             if winner.is_none() {
                 self.defs.remove(&key);
             }
@@ -575,7 +584,7 @@ mod tests {
         fs::write(&file, text("100.64.1.9")).unwrap();
         // Same length as before: the size stays, and the mtime may too within its
         // granularity, so forget the fingerprint.
-        src.files.get_mut(&file).unwrap().fingerprint = (0, 0, 0);
+        src.files.get_mut(file.as_path()).unwrap().fingerprint = (0, 0, 0);
         assert_eq!(
             changes(&mut src),
             Changes::Keys {

@@ -693,3 +693,46 @@ fn json_message(error: &serde_json::Error, first_line: usize) -> String {
         error.column()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the one-parse path accepts, the general path (header first, then the object)
+    /// yields the same single object; whatever it declines is left to the general path.
+    #[test]
+    fn the_fast_path_agrees_with_the_general_path() {
+        let accepted = [
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n",
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints:\n- {addresses: [\"10.0.0.1\"], conditions: {ready: true}, nodeName: n1}\nports: [{port: 8080}]\n",
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1, namespace: junk}\nstatus: {addresses: [{type: InternalIP, address: 192.0.2.1}]}\n",
+        ];
+        for text in accepted {
+            let fast = parse_yaml_fast(text).expect("a plain object takes the fast path");
+            let at = Position {
+                document: 1,
+                line: 1,
+            };
+            assert_eq!(parse_yaml_document(text, at), vec![Ok(fast)], "{text}");
+        }
+        let declined = [
+            // Two kind lines: the document is not a clean object of either.
+            "apiVersion: v1\nkind: Service\nkind: Node\nmetadata: {name: n1}\n",
+            // Errors are the general path's to write.
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: eighty}]}\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\nspec: {}\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: \"\"}\n",
+            // Flow-style documents and other kinds are not recognised.
+            "{apiVersion: v1, kind: Service, metadata: {name: web}}\n",
+            "apiVersion: v2\nkind: Service\nmetadata: {name: web}\n",
+            "apiVersion: v1\nkind: List\nitems: []\n",
+        ];
+        for text in declined {
+            assert_eq!(parse_yaml_fast(text), None, "{text}");
+        }
+        // What makes a misread line harmless: decoding checks apiVersion and kind itself.
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
+        assert!(serde_saphyr::from_str_with_options::<Service>(node, yaml_options()).is_err());
+        assert!(serde_saphyr::from_str_with_options::<Node>(node, yaml_options()).is_ok());
+    }
+}

@@ -13,7 +13,6 @@
 use std::{
     collections::{BTreeSet, HashSet},
     net::IpAddr,
-    sync::Arc,
 };
 
 use kproxy_model::{
@@ -27,16 +26,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let state = cluster_state(&text);
-    // The source-side checks run on the same objects: they must not panic either.
-    for svc in state.services.values() {
-        let _ = validate_service(svc);
-    }
-    for slice in state.slices.values() {
-        let _ = validate_endpoint_slice(slice);
-    }
-    if let Some(node) = &state.node {
-        let _ = validate_node(node);
-    }
     for config in configs(&state) {
         check(&state, &config);
     }
@@ -45,15 +34,25 @@ fuzz_target!(|data: &[u8]| {
 fn cluster_state(text: &str) -> ClusterState {
     let mut state = ClusterState::default();
     for object in parse_documents(text).into_iter().flatten() {
-        let Some(key) = object.key() else { continue };
-        match object {
+        let Some(key) = state.insert_manifest(&object) else {
+            continue;
+        };
+        // The source-side checks on the API object must not panic either, and must say
+        // what the converted object says.
+        match &object {
             ManifestObject::Service(svc) => {
-                state.services.insert(key, Arc::new(svc));
+                assert_eq!(validate_service(svc), state.services[&key].validate());
             }
             ManifestObject::EndpointSlice(slice) => {
-                state.slices.insert(key, Arc::new(slice));
+                assert_eq!(
+                    validate_endpoint_slice(slice),
+                    state.slices[&key].validate()
+                );
             }
-            ManifestObject::Node(node) => state.node = Some(Arc::new(node)),
+            ManifestObject::Node(node) => {
+                let converted = state.node.as_ref().expect("just set");
+                assert_eq!(validate_node(node), converted.validate());
+            }
             ManifestObject::Ignored { .. } => {}
         }
     }
@@ -66,7 +65,8 @@ fn configs(state: &ClusterState) -> [ModelConfig; 3] {
     let node_name = state
         .node
         .as_ref()
-        .and_then(|n| n.metadata.name.clone())
+        .map(|n| n.name().to_owned())
+        .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "this-node".to_owned());
     let plain = ModelConfig {
         node_name,
@@ -124,10 +124,8 @@ fn check(state: &ClusterState, config: &ModelConfig) {
 
     // From the state without slices to the full state, slices-only: the incremental path
     // does real work here.
-    let bare = ClusterState {
-        slices: Default::default(),
-        ..state.clone()
-    };
+    let mut bare = state.clone();
+    bare.slices.clear();
     let mut inc = Incremental::default();
     inc.update(&bare, &Changes::All, config);
     let before = inc.model().clone();
@@ -165,8 +163,16 @@ fn assert_same_diff(got: &ModelDiff, want: &ModelDiff) {
         v
     }
     assert_eq!(sorted(&got.added), sorted(&want.added), "added differs");
-    assert_eq!(sorted(&got.updated), sorted(&want.updated), "updated differs");
-    assert_eq!(sorted(&got.removed), sorted(&want.removed), "removed differs");
+    assert_eq!(
+        sorted(&got.updated),
+        sorted(&want.updated),
+        "updated differs"
+    );
+    assert_eq!(
+        sorted(&got.removed),
+        sorted(&want.removed),
+        "removed differs"
+    );
     assert_eq!(
         sorted(&got.stale_udp_endpoints),
         sorted(&want.stale_udp_endpoints),
@@ -198,7 +204,11 @@ fn check_verdict(port: &ServicePort, verdict: &Verdict, what: &str) {
             port.key,
             port.endpoints.len()
         );
-        assert!(seen.insert(index), "{}: {what} repeats index {index}", port.key);
+        assert!(
+            seen.insert(index),
+            "{}: {what} repeats index {index}",
+            port.key
+        );
     }
     assert!(
         set.0.is_sorted(),

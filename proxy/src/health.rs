@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use k8s_openapi::api::core::v1::Node;
+use kproxy_model::NodeInfo;
 use serde::Serialize;
 
 /// The taint the cluster autoscaler puts on a node it is about to delete.
@@ -54,16 +54,8 @@ pub enum Probe {
 /// the cluster autoscaler has tainted it for deletion. An unknown Node (None) is eligible:
 /// kproxy runs without one (a manifests directory may have none), and the source already
 /// warns about a missing Node.
-pub fn node_eligible(node: Option<&Node>) -> bool {
-    let Some(node) = node else { return true };
-    if node.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
-    !node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|taints| taints.iter().any(|t| t.key == TO_BE_DELETED_TAINT))
+pub fn node_eligible(node: Option<&NodeInfo>) -> bool {
+    node.is_none_or(|node| !node.deleting() && !node.has_taint(TO_BE_DELETED_TAINT))
 }
 
 /// Shared between the sync loop (writer) and the health server (reader).
@@ -317,7 +309,10 @@ mod tests {
 
     #[test]
     fn deleted_or_autoscaler_tainted_nodes_are_not_eligible() {
-        let node = |yaml: &str| -> Node { serde_json::from_str(yaml).unwrap() };
+        let node = |yaml: &str| {
+            let node: k8s_openapi::api::core::v1::Node = serde_json::from_str(yaml).unwrap();
+            NodeInfo::from_k8s(&node)
+        };
         assert!(node_eligible(None));
         assert!(node_eligible(Some(&node(r#"{"metadata":{"name":"n"}}"#))));
         assert!(node_eligible(Some(&node(

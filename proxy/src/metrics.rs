@@ -47,10 +47,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{dataplane::ProxyMode, health::parse_rfc3339, healthcheck::ServiceHealthServers};
+use crate::{dataplane::ProxyMode, healthcheck::ServiceHealthServers};
 
 /// EndpointSlice annotation with the time of the change that triggered the slice's update.
-pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+pub use kproxy_model::TRIGGER_TIME_ANNOTATION;
 
 /// One static label.
 type Label1 = [(&'static str, &'static str); 1];
@@ -453,13 +453,7 @@ impl SyncObserver {
             let Some(slice) = state.slices.get(key) else {
                 continue;
             };
-            let trigger = slice
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
-                .and_then(|t| parse_rfc3339(t));
-            if let Some(t) = trigger.filter(|t| *t >= started) {
+            if let Some(t) = slice.trigger_time().filter(|t| *t >= started) {
                 self.pending_triggers.push(t);
             }
         }
@@ -638,24 +632,23 @@ mod tests {
     #[test]
     fn changes_are_counted_once_and_trigger_times_measured_after_start() {
         use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+        use kproxy_model::{Interner, ServiceInfo, SliceInfo};
         let m = Metrics::new();
         let mut obs = SyncObserver::new(m.clone());
-        let slice = |name: &str, trigger: &str| -> Arc<EndpointSlice> {
-            Arc::new(
-                serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": name, "namespace": "ns",
-                        "annotations": {TRIGGER_TIME_ANNOTATION: trigger}},
-                    "addressType": "IPv4", "endpoints": []
-                }))
-                .unwrap(),
-            )
+        let slice = |name: &str, trigger: &str| -> Arc<SliceInfo> {
+            let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns",
+                    "annotations": {TRIGGER_TIME_ANNOTATION: trigger}},
+                "addressType": "IPv4", "endpoints": []
+            }))
+            .unwrap();
+            Arc::new(SliceInfo::from_k8s(&slice, &mut Interner::default()))
         };
-        let svc: Arc<Service> = Arc::new(
-            serde_json::from_value(
-                serde_json::json!({"metadata": {"name": "s", "namespace": "ns"}}),
-            )
-            .unwrap(),
-        );
+        let svc: Service = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "s", "namespace": "ns"}}),
+        )
+        .unwrap();
+        let svc = Arc::new(ServiceInfo::from_k8s(&svc));
         let mut state = ClusterState::default();
         state.services.insert(ObjectKey::new("ns", "s"), svc);
         state.slices.insert(

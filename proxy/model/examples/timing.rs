@@ -2,11 +2,11 @@
 //! `cargo run --release -p kproxy-model --example timing`). Not a test: timings are never
 //! asserted.
 
-use std::{sync::Arc, time::Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kproxy_model::{
-    Changes, ClusterState, Incremental, LABEL_SERVICE_NAME, ModelConfig, ObjectKey, build, diff,
+    Changes, ClusterState, Incremental, LABEL_SERVICE_NAME, ModelConfig, build, diff,
 };
 
 fn state(n: u32) -> ClusterState {
@@ -19,22 +19,23 @@ fn state(n: u32) -> ClusterState {
             "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
         }))
         .unwrap();
-        let eps: Vec<_> = (0..10)
-            .map(|e| serde_json::json!({"addresses": [format!("10.128.{}.{}", i % 250, e + 1)], "nodeName": format!("node-{}", e % 5)}))
-            .collect();
-        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": format!("{name}-1"), "namespace": "default", "labels": {LABEL_SERVICE_NAME: name}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps
-        }))
-        .unwrap();
-        st.services
-            .insert(ObjectKey::new("default", name.clone()), Arc::new(svc));
-        st.slices.insert(
-            ObjectKey::new("default", format!("{name}-1")),
-            Arc::new(slice),
-        );
+        st.insert_k8s_service(&svc);
+        st.insert_k8s_slice(&slice(i, 10));
     }
     st
+}
+
+/// The slice of Service `i`, with `endpoints` endpoints.
+fn slice(i: u32, endpoints: u32) -> EndpointSlice {
+    let name = format!("svc-{i}");
+    let eps: Vec<_> = (0..endpoints)
+        .map(|e| serde_json::json!({"addresses": [format!("10.128.{}.{}", i % 250, e + 1)], "nodeName": format!("node-{}", e % 5)}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{name}-1"), "namespace": "default", "labels": {LABEL_SERVICE_NAME: name}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps
+    }))
+    .unwrap()
 }
 
 fn main() {
@@ -68,10 +69,7 @@ fn main() {
     inc.update(&st, &Changes::All, &config);
     println!("incremental first update: {:?}", t.elapsed());
     let mut st2 = st.clone();
-    let key = ObjectKey::new("default", "svc-500-1");
-    let mut slice = (*st2.slices[&key]).clone();
-    slice.endpoints.as_mut().unwrap().pop();
-    st2.slices.insert(key.clone(), Arc::new(slice));
+    let key = st2.insert_k8s_slice(&slice(500, 9));
     let t = Instant::now();
     let changes = Changes::Keys {
         services: std::collections::BTreeSet::default(),

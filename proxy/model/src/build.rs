@@ -1,23 +1,21 @@
 //! ClusterState + ModelConfig → ProxyModel.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
 };
 
 use ipnet::IpNet;
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use tracing::debug;
 
 use crate::{
     ClusterState, EndpointSet, ExternalTraffic, Frontend, FrontendKind, InternalMasquerade,
-    IpFamily, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, ModelConfig,
-    ModelWarning, NodePortAddresses, ObjectKey, ObjectKind, Protocol, ProxyModel, ServicePort,
-    ServicePortKey, ServicePortName, ValidationError, Verdict,
+    IpFamily, ModelConfig, ModelWarning, NodePortAddresses, ObjectKey, ObjectKind, Protocol,
+    ProxyModel, ServiceInfo, ServicePort, ServicePortKey, ServicePortName, SliceInfo,
+    ValidationError, Verdict,
     endpoints::{self, ParsedSlice, SliceParse},
-    intern::Interner,
-    node::{self, ParsedNode},
-    service::{self, Parsed, ParsedPort, ParsedService, protocol_name},
+    node::ParsedNode,
+    service::{Parsed, ParsedPort, ParsedService, protocol_name},
     topology::{self, Categories},
 };
 
@@ -31,7 +29,7 @@ pub struct Built {
 }
 
 /// Slices of one Service, before parsing, in slice-name order.
-type SliceIndex<'a> = HashMap<(&'a str, &'a str), Vec<(&'a ObjectKey, &'a EndpointSlice)>>;
+type SliceIndex<'a> = HashMap<(&'a str, &'a str), Vec<(&'a ObjectKey, &'a SliceInfo)>>;
 
 /// What every service port needs besides its Service and slices.
 struct Context<'a> {
@@ -72,14 +70,11 @@ pub fn build(state: &ClusterState, config: &ModelConfig) -> Built {
         node,
     };
     let slices = index_slices(state, config, &mut warnings);
-    let mut interner = Interner::default();
     let mut claims = Claims::default();
     let mut model = ProxyModel::default();
 
     for (key, svc) in &state.services {
-        let Some((ports, ignored)) =
-            build_service(key, svc, &slices, &ctx, &mut interner, &mut warnings)
-        else {
+        let Some((ports, ignored)) = build_service(key, svc, &slices, &ctx, &mut warnings) else {
             continue;
         };
         if let Err(reason) = claims.claim(key, &ports) {
@@ -105,10 +100,10 @@ pub fn build(state: &ClusterState, config: &ModelConfig) -> Built {
 }
 
 /// Objects labelled for another proxy implementation are not ours.
-fn selected(labels: Option<&BTreeMap<String, String>>, config: &ModelConfig) -> bool {
-    match labels.and_then(|labels| labels.get(LABEL_SERVICE_PROXY_NAME)) {
+fn selected(proxy_name: Option<&str>, config: &ModelConfig) -> bool {
+    match proxy_name {
         None => true,
-        Some(name) => config.proxy_name.as_deref() == Some(name.as_str()),
+        Some(name) => config.proxy_name.as_deref() == Some(name),
     }
 }
 
@@ -118,15 +113,19 @@ fn this_node<'a>(
     warnings: &mut Vec<ModelWarning>,
 ) -> Option<ParsedNode<'a>> {
     let node = state.node.as_deref()?;
-    let key = ObjectKey::cluster_scoped(node.metadata.name.clone().unwrap_or_default());
-    let reason = match node::parse(node) {
-        Ok(parsed) if config.node_name.is_empty() || parsed.name == config.node_name => {
-            return Some(parsed);
+    let key = ObjectKey::cluster_scoped(node.name());
+    let reason = match &node.facts {
+        Ok(facts) if config.node_name.is_empty() || node.name() == config.node_name => {
+            return Some(ParsedNode {
+                name: node.name(),
+                zone: facts.zone.as_deref(),
+                primary: &facts.primary,
+            });
         }
         Ok(_) => ValidationError::NotThisNode {
             expected: config.node_name.clone(),
         },
-        Err(reason) => reason,
+        Err(reason) => reason.clone(),
     };
     warnings.push(ModelWarning::object_ignored(ObjectKind::Node, &key, reason));
     None
@@ -175,21 +174,17 @@ fn index_slices<'a>(
 ) -> SliceIndex<'a> {
     let mut index = SliceIndex::new();
     for (key, slice) in &state.slices {
-        let labels = slice.metadata.labels.as_ref();
-        if !selected(labels, config) {
+        if !selected(slice.proxy_name.as_deref(), config) {
             debug!(slice = %key, "skipping EndpointSlice of another service proxy");
             continue;
         }
-        if labels.is_some_and(|labels| labels.contains_key(LABEL_HEADLESS)) {
+        if slice.headless {
             debug!(slice = %key, "skipping EndpointSlice of a headless Service");
             continue;
         }
-        match labels
-            .and_then(|labels| labels.get(LABEL_SERVICE_NAME))
-            .filter(|name| !name.is_empty())
-        {
+        match slice.service_name() {
             Some(service) => index
-                .entry((key.namespace.as_str(), service.as_str()))
+                .entry((&*key.namespace, service))
                 .or_default()
                 .push((key, &**slice)),
             None => warnings.push(ModelWarning::object_ignored(
@@ -236,17 +231,16 @@ fn warn_orphan_slices(
 /// when the Service is skipped.
 fn build_service(
     key: &ObjectKey,
-    svc: &Service,
+    svc: &ServiceInfo,
     slices: &SliceIndex<'_>,
     ctx: &Context<'_>,
-    interner: &mut Interner,
     warnings: &mut Vec<ModelWarning>,
 ) -> Option<(Vec<ServicePort>, Vec<ValidationError>)> {
-    if !selected(svc.metadata.labels.as_ref(), ctx.config) {
+    if !selected(svc.proxy_name.as_deref(), ctx.config) {
         debug!(service = %key, "skipping Service of another service proxy");
         return None;
     }
-    let mut parsed = match service::parse(svc) {
+    let parsed = match &svc.spec {
         Ok(Parsed::Service(parsed)) => parsed,
         Ok(Parsed::Skip(why)) => {
             debug!(service = %key, why, "skipping Service");
@@ -256,17 +250,12 @@ fn build_service(
             warnings.push(ModelWarning::object_ignored(
                 ObjectKind::Service,
                 key,
-                reason,
+                reason.clone(),
             ));
             return None;
         }
     };
-    let parsed_slices = parse_slices(
-        slices.get(&(key.namespace.as_str(), key.name.as_str())),
-        interner,
-        warnings,
-    );
-    let slice_refs: Vec<&ParsedSlice> = parsed_slices.iter().collect();
+    let slice_refs = usable_slices(slices.get(&(&*key.namespace, &*key.name)), warnings);
     let mut ports = Vec::with_capacity(parsed.ports.len() * parsed.cluster_ips.len());
     for family in FAMILIES {
         let Some(cluster_ip) = parsed.cluster_ip(family) else {
@@ -275,7 +264,7 @@ fn build_service(
         for port in &parsed.ports {
             ports.push(service_port(
                 key,
-                &parsed,
+                parsed,
                 port,
                 family,
                 cluster_ip,
@@ -284,23 +273,23 @@ fn build_service(
             ));
         }
     }
-    Some((ports, std::mem::take(&mut parsed.ignored)))
+    Some((ports, parsed.ignored.clone()))
 }
 
-fn parse_slices(
-    group: Option<&Vec<(&ObjectKey, &EndpointSlice)>>,
-    interner: &mut Interner,
+/// The parsed content of a Service's slices, warning about the invalid ones.
+fn usable_slices<'s>(
+    group: Option<&Vec<(&ObjectKey, &'s SliceInfo)>>,
     warnings: &mut Vec<ModelWarning>,
-) -> Vec<ParsedSlice> {
+) -> Vec<&'s ParsedSlice> {
     let mut parsed = Vec::new();
     for (key, slice) in group.map(Vec::as_slice).unwrap_or_default() {
-        match endpoints::parse_slice(slice, interner) {
+        match &slice.content {
             Ok(SliceParse::Slice(slice)) => parsed.push(slice),
             Ok(SliceParse::Fqdn) => debug!(slice = %key, "skipping FQDN EndpointSlice"),
             Err(reason) => warnings.push(ModelWarning::object_ignored(
                 ObjectKind::EndpointSlice,
                 key,
-                reason,
+                reason.clone(),
             )),
         }
     }
@@ -378,8 +367,8 @@ fn service_port(
         key: ServicePortKey {
             family,
             name: ServicePortName {
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+                namespace: key.namespace.to_string(),
+                name: key.name.to_string(),
                 port_name: port.name.clone(),
                 protocol: port.protocol,
             },

@@ -13,8 +13,8 @@ use std::{
 };
 
 use crate::{
-    ClusterState, LABEL_SERVICE_NAME, ModelConfig, ModelDiff, ModelWarning, ObjectKey, ObjectKind,
-    ProxyModel, ServicePortKey, build, diff,
+    ClusterState, IpFamily, ModelConfig, ModelDiff, ModelWarning, ObjectKey, ObjectKind, Protocol,
+    ProxyModel, ServicePortKey, ServicePortName, SliceInfo, build, diff,
 };
 
 /// Which objects may differ from the previous snapshot a source handed out.
@@ -78,12 +78,12 @@ pub struct Incremental {
     /// Every current warning, whichever update found it.
     warnings: Vec<ModelWarning>,
     /// Slices of each Service (by the `kubernetes.io/service-name` label).
-    slices_of: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// A sorted Vec, not a set: most Services have one slice, and a one-element BTreeSet
+    /// costs a whole B-tree node (half a KiB) per Service.
+    slices_of: HashMap<ObjectKey, Vec<ObjectKey>>,
     /// The Service each slice belonged to when last seen, so a removed slice still
     /// names the Service it leaves.
     owner_of: HashMap<ObjectKey, ObjectKey>,
-    /// Port keys of each Service, so replacing one Service's ports does not scan the model.
-    ports_of: HashMap<ObjectKey, Vec<ServicePortKey>>,
 }
 
 /// What one [`Incremental::update`] did.
@@ -139,17 +139,13 @@ impl Incremental {
         self.owner_of.clear();
         for (key, slice) in &state.slices {
             if let Some(owner) = owner(key, slice) {
+                // Slices come in key order: each Service's list stays sorted.
                 self.slices_of
                     .entry(owner.clone())
                     .or_default()
-                    .insert(key.clone());
+                    .push(key.clone());
                 self.owner_of.insert(key.clone(), owner);
             }
-        }
-        self.ports_of.clear();
-        for key in self.model.ports.keys() {
-            let service = ObjectKey::new(key.name.namespace.clone(), key.name.name.clone());
-            self.ports_of.entry(service).or_default().push(key.clone());
         }
         Update { diff, full: true }
     }
@@ -171,15 +167,20 @@ impl Incremental {
                 None => self.owner_of.remove(key),
             };
             if let Some(o) = &old_owner
-                && let Some(set) = self.slices_of.get_mut(o)
+                && let Some(list) = self.slices_of.get_mut(o)
             {
-                set.remove(key);
+                if let Ok(at) = list.binary_search(key) {
+                    list.remove(at);
+                }
+                if list.is_empty() {
+                    self.slices_of.remove(o);
+                }
             }
             if let Some(o) = &new_owner {
-                self.slices_of
-                    .entry(o.clone())
-                    .or_default()
-                    .insert(key.clone());
+                let list = self.slices_of.entry(o.clone()).or_default();
+                if let Err(at) = list.binary_search(key) {
+                    list.insert(at, key.clone());
+                }
             }
             affected.extend(old_owner);
             affected.extend(new_owner);
@@ -200,6 +201,7 @@ impl Incremental {
                 services: BTreeMap::from([(service_key.clone(), Arc::clone(service))]),
                 slices,
                 node: state.node.clone(),
+                ..ClusterState::default()
             };
             let built = build(&mini, config);
             let old_ports = self.take_ports(service_key);
@@ -213,10 +215,6 @@ impl Incremental {
             total.updated.extend(d.updated);
             total.removed.extend(d.removed);
             total.stale_udp_endpoints.extend(d.stale_udp_endpoints);
-            self.ports_of.insert(
-                service_key.clone(),
-                built.model.ports.keys().cloned().collect(),
-            );
             self.model.ports.extend(built.model.ports);
             let slices = self.slices_of.get(service_key);
             self.warnings
@@ -229,9 +227,35 @@ impl Incremental {
         })
     }
 
-    /// Removes and returns the ports of one Service.
+    /// Removes and returns the ports of one Service. They are found by range in the model's
+    /// order (family, namespace, name, port name, protocol) rather than by an index, which
+    /// would hold a second copy of every key.
     fn take_ports(&mut self, service: &ObjectKey) -> ProxyModel {
-        let keys = self.ports_of.remove(service).unwrap_or_default();
+        let mut keys = Vec::new();
+        for family in [IpFamily::V4, IpFamily::V6] {
+            // The smallest key of the Service in this family: empty port name, first protocol.
+            let first = ServicePortKey {
+                family,
+                name: ServicePortName {
+                    namespace: service.namespace.to_string(),
+                    name: service.name.to_string(),
+                    port_name: String::new(),
+                    protocol: Protocol::Tcp,
+                },
+            };
+            keys.extend(
+                self.model
+                    .ports
+                    .range(first..)
+                    .map(|(key, _)| key)
+                    .take_while(|key| {
+                        key.family == family
+                            && *key.name.namespace == *service.namespace
+                            && *key.name.name == *service.name
+                    })
+                    .cloned(),
+            );
+        }
         ProxyModel {
             ports: keys
                 .into_iter()
@@ -245,7 +269,7 @@ impl Incremental {
 fn concerns(
     w: &ModelWarning,
     service: &ObjectKey,
-    slices: Option<&BTreeSet<ObjectKey>>,
+    slices: Option<&Vec<ObjectKey>>,
     changed: &BTreeSet<ObjectKey>,
 ) -> bool {
     match w.kind {
@@ -258,10 +282,9 @@ fn concerns(
 }
 
 /// The Service a slice belongs to: its namespace and `kubernetes.io/service-name` label.
-fn owner(
-    key: &ObjectKey,
-    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
-) -> Option<ObjectKey> {
-    let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
-    Some(ObjectKey::new(key.namespace.clone(), name.clone()))
+fn owner(key: &ObjectKey, slice: &SliceInfo) -> Option<ObjectKey> {
+    Some(ObjectKey {
+        namespace: Arc::clone(&key.namespace),
+        name: slice.service_name()?.into(),
+    })
 }

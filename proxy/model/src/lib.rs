@@ -25,6 +25,7 @@ mod build;
 mod diff;
 mod endpoints;
 mod incremental;
+mod input;
 mod intern;
 pub mod manifest;
 mod node;
@@ -40,6 +41,8 @@ mod tests;
 pub use build::{Built, build};
 pub use diff::diff;
 pub use incremental::{Changes, Incremental, Update};
+pub use input::{NodeInfo, ServiceInfo, SliceInfo, TRIGGER_TIME_ANNOTATION};
+pub use intern::Interner;
 pub use types::*;
 pub use validate::{
     MAX_SERVICE_PORTS, MAX_SLICE_ENDPOINTS, MAX_SLICE_PORTS, ValidationError,
@@ -52,30 +55,30 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 use ipnet::IpNet;
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 
-/// Namespace and name of an object.
+use crate::manifest::ManifestObject;
+
+/// Namespace and name of an object. The strings are shared: a key is copied into the
+/// source's maps, the change sets and the model's indexes, and each copy is a pointer.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     /// Namespace (empty for cluster-scoped objects such as Node).
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
     /// Key of a namespaced object.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
         Self {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: namespace.as_ref().into(),
+            name: name.as_ref().into(),
         }
     }
 
     /// Key of a cluster-scoped object (Node).
-    pub fn cluster_scoped(name: impl Into<String>) -> Self {
-        Self {
-            namespace: String::new(),
-            name: name.into(),
-        }
+    pub fn cluster_scoped(name: impl AsRef<str>) -> Self {
+        Self::new("", name)
     }
 }
 
@@ -100,16 +103,56 @@ pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// Node label naming the node's zone, matched against endpoint zone hints.
 pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
 
-/// The cluster state a source delivers: whole stores, level-triggered. Objects are shared
-/// (`Arc`) so a snapshot of 100k Services costs pointer copies, as kube-rs stores hand them out.
+/// The cluster state a source delivers: whole stores, level-triggered, of the model's
+/// compact inputs (see [`ServiceInfo`]). Objects are shared (`Arc`) so a snapshot of 100k
+/// Services costs pointer copies, and a source can tell an unchanged object by its pointer.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterState {
     /// Services by namespace/name.
-    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub services: BTreeMap<ObjectKey, Arc<ServiceInfo>>,
     /// EndpointSlices by namespace/name.
-    pub slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
-    /// This node's Node object, when known.
-    pub node: Option<Arc<Node>>,
+    pub slices: BTreeMap<ObjectKey, Arc<SliceInfo>>,
+    /// This node's Node, when known.
+    pub node: Option<Arc<NodeInfo>>,
+    /// Shares endpoint strings among the slices the `insert_k8s_*` helpers convert.
+    strings: Interner,
+}
+
+impl ClusterState {
+    /// Converts `service` and stores it under its namespace/name; returns the key.
+    pub fn insert_k8s_service(&mut self, service: &Service) -> ObjectKey {
+        let key = ServiceInfo::key(service);
+        self.services
+            .insert(key.clone(), Arc::new(ServiceInfo::from_k8s(service)));
+        key
+    }
+
+    /// Converts `slice` and stores it under its namespace/name; returns the key.
+    pub fn insert_k8s_slice(&mut self, slice: &EndpointSlice) -> ObjectKey {
+        let key = SliceInfo::key(slice);
+        let info = SliceInfo::from_k8s(slice, &mut self.strings);
+        self.slices.insert(key.clone(), Arc::new(info));
+        key
+    }
+
+    /// Converts `node` and makes it this node's Node.
+    pub fn set_k8s_node(&mut self, node: &Node) {
+        self.node = Some(Arc::new(NodeInfo::from_k8s(node)));
+    }
+
+    /// Stores a parsed manifest object (kinds the proxy ignores are dropped); returns its
+    /// key, None for ignored kinds.
+    pub fn insert_manifest(&mut self, object: &ManifestObject) -> Option<ObjectKey> {
+        match object {
+            ManifestObject::Service(service) => Some(self.insert_k8s_service(service)),
+            ManifestObject::EndpointSlice(slice) => Some(self.insert_k8s_slice(slice)),
+            ManifestObject::Node(node) => {
+                self.set_k8s_node(node);
+                object.key()
+            }
+            ManifestObject::Ignored { .. } => None,
+        }
+    }
 }
 
 /// Which addresses NodePorts answer on (`--nodeport-addresses`).

@@ -58,10 +58,10 @@ impl ManifestObject {
             Self::Node(node) => &node.metadata,
             Self::Ignored { .. } => return None,
         };
-        Some(ObjectKey {
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
-        })
+        Some(ObjectKey::new(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        ))
     }
 
     /// The object's `kind`.
@@ -163,18 +163,68 @@ impl std::error::Error for DocumentError {}
 /// JSON objects when the text starts with `{`. Empty documents are skipped; a `v1 List`
 /// yields its items. Namespaced objects without a namespace get `default`, as kubectl does.
 pub fn parse_documents(text: &str) -> Vec<Result<ManifestObject, DocumentError>> {
-    if text.trim_start().starts_with('{') {
-        return parse_json_stream(text);
-    }
     let mut results = Vec::new();
+    for_each_document(text, |result| results.push(result));
+    results
+}
+
+/// [`parse_documents`], handing each result to `each` as soon as it is read, so a caller
+/// that converts objects holds one parsed object at a time, not a whole file's.
+pub fn for_each_document(text: &str, mut each: impl FnMut(Result<ManifestObject, DocumentError>)) {
+    if text.trim_start().starts_with('{') {
+        parse_json_stream(text).into_iter().for_each(each);
+        return;
+    }
     for (index, (line, document)) in split_yaml(text).into_iter().enumerate() {
         let at = Position {
             document: index + 1,
             line,
         };
-        results.extend(parse_yaml_document(document, at));
+        if let Some(object) = parse_yaml_fast(document) {
+            each(Ok(object));
+            continue;
+        }
+        parse_yaml_document(document, at)
+            .into_iter()
+            .for_each(&mut each);
     }
-    results
+}
+
+/// The common case in one parse: a block-style document whose top-level `apiVersion` and
+/// `kind` lines name a known object kind, decoded straight as that kind. None sends the
+/// document down the general path (header first, then the object), which also writes the
+/// errors; anything this accepts, that path would have accepted the same way. k8s-openapi
+/// checks `apiVersion` and `kind` itself while decoding, so a misread line cannot make a
+/// Service of a Node.
+fn parse_yaml_fast(text: &str) -> Option<ManifestObject> {
+    let (mut api_version, mut kind) = (None, None);
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix("apiVersion:") {
+            api_version = Some(value.trim());
+        } else if let Some(value) = line.strip_prefix("kind:") {
+            kind = Some(value.trim());
+        }
+    }
+    let object = match (api_version?, kind?) {
+        ("v1", "Service") => {
+            ManifestObject::Service(serde_saphyr::from_str_with_options(text, yaml_options()).ok()?)
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => ManifestObject::EndpointSlice(
+            serde_saphyr::from_str_with_options(text, yaml_options()).ok()?,
+        ),
+        ("v1", "Node") => {
+            ManifestObject::Node(serde_saphyr::from_str_with_options(text, yaml_options()).ok()?)
+        }
+        _ => return None,
+    };
+    let name = match &object {
+        ManifestObject::Service(svc) => svc.metadata.name.as_deref(),
+        ManifestObject::EndpointSlice(slice) => slice.metadata.name.as_deref(),
+        ManifestObject::Node(node) => node.metadata.name.as_deref(),
+        ManifestObject::Ignored { .. } => None,
+    };
+    name.is_some_and(|name| !name.is_empty())
+        .then(|| default_namespace(object))
 }
 
 /// Where a document is, for errors.
@@ -642,4 +692,47 @@ fn json_message(error: &serde_json::Error, first_line: usize) -> String {
         first_line + error.line().saturating_sub(1),
         error.column()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the one-parse path accepts, the general path (header first, then the object)
+    /// yields the same single object; whatever it declines is left to the general path.
+    #[test]
+    fn the_fast_path_agrees_with_the_general_path() {
+        let accepted = [
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n",
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: shop\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nendpoints:\n- {addresses: [\"10.0.0.1\"], conditions: {ready: true}, nodeName: n1}\nports: [{port: 8080}]\n",
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1, namespace: junk}\nstatus: {addresses: [{type: InternalIP, address: 192.0.2.1}]}\n",
+        ];
+        for text in accepted {
+            let fast = parse_yaml_fast(text).expect("a plain object takes the fast path");
+            let at = Position {
+                document: 1,
+                line: 1,
+            };
+            assert_eq!(parse_yaml_document(text, at), vec![Ok(fast)], "{text}");
+        }
+        let declined = [
+            // Two kind lines: the document is not a clean object of either.
+            "apiVersion: v1\nkind: Service\nkind: Node\nmetadata: {name: n1}\n",
+            // Errors are the general path's to write.
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: eighty}]}\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\nspec: {}\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: \"\"}\n",
+            // Flow-style documents and other kinds are not recognised.
+            "{apiVersion: v1, kind: Service, metadata: {name: web}}\n",
+            "apiVersion: v2\nkind: Service\nmetadata: {name: web}\n",
+            "apiVersion: v1\nkind: List\nitems: []\n",
+        ];
+        for text in declined {
+            assert_eq!(parse_yaml_fast(text), None, "{text}");
+        }
+        // What makes a misread line harmless: decoding checks apiVersion and kind itself.
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
+        assert!(serde_saphyr::from_str_with_options::<Service>(node, yaml_options()).is_err());
+        assert!(serde_saphyr::from_str_with_options::<Node>(node, yaml_options()).is_ok());
+    }
 }

@@ -6,16 +6,25 @@ use k8s_openapi::api::core::v1::Node;
 
 use crate::{IpFamily, LABEL_TOPOLOGY_ZONE, service::parse_ip, validate::ValidationError};
 
-/// This node's name, zone and primary addresses.
+/// This node's zone and primary addresses, owned: kept in [`crate::NodeInfo`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NodeFacts {
+    /// `topology.kubernetes.io/zone`, matched against zone hints.
+    pub(crate) zone: Option<Box<str>>,
+    /// Primary address per family: the first InternalIP of the family, else the first
+    /// ExternalIP (upstream's node-IP choice for `--nodeport-addresses=primary`).
+    pub(crate) primary: Vec<IpAddr>,
+}
+
+/// This node's name, zone and primary addresses, borrowed from its [`crate::NodeInfo`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ParsedNode<'a> {
     /// `metadata.name`.
     pub(crate) name: &'a str,
     /// `topology.kubernetes.io/zone`, matched against zone hints.
     pub(crate) zone: Option<&'a str>,
-    /// Primary address per family: the first InternalIP of the family, else the first
-    /// ExternalIP (upstream's node-IP choice for `--nodeport-addresses=primary`).
-    pub(crate) primary: Vec<IpAddr>,
+    /// Primary address per family.
+    pub(crate) primary: &'a [IpAddr],
 }
 
 impl ParsedNode<'_> {
@@ -29,9 +38,8 @@ impl ParsedNode<'_> {
 }
 
 /// Checks and parses `node`.
-pub(crate) fn parse(node: &Node) -> Result<ParsedNode<'_>, ValidationError> {
-    let name = node
-        .metadata
+pub(crate) fn parse(node: &Node) -> Result<NodeFacts, ValidationError> {
+    node.metadata
         .name
         .as_deref()
         .filter(|name| !name.is_empty())
@@ -41,8 +49,8 @@ pub(crate) fn parse(node: &Node) -> Result<ParsedNode<'_>, ValidationError> {
         .labels
         .as_ref()
         .and_then(|labels| labels.get(LABEL_TOPOLOGY_ZONE))
-        .map(String::as_str)
-        .filter(|zone| !zone.is_empty());
+        .filter(|zone| !zone.is_empty())
+        .map(|zone| zone.as_str().into());
     let addresses = node
         .status
         .as_ref()
@@ -70,9 +78,5 @@ pub(crate) fn parse(node: &Node) -> Result<ParsedNode<'_>, ValidationError> {
                 .copied()
         })
         .collect();
-    Ok(ParsedNode {
-        name,
-        zone,
-        primary,
-    })
+    Ok(NodeFacts { zone, primary })
 }

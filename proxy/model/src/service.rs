@@ -103,7 +103,7 @@ impl ParsedService {
 }
 
 /// What to do with a Service.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Parsed {
     /// Not proxied, by rule (ExternalName, headless): nothing to warn about.
     Skip(&'static str),

@@ -8,14 +8,11 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     fmt::Write as _,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use kproxy_model::{
-    ClusterState, LABEL_SERVICE_NAME, ModelConfig, ObjectKey, Verdict, build,
+    Changes, ClusterState, Incremental, LABEL_SERVICE_NAME, ModelConfig, Verdict, build,
     manifest::{ManifestObject, parse_documents},
 };
 
@@ -94,13 +91,8 @@ fn cluster_state() -> ClusterState {
             .as_mut()
             .unwrap()
             .insert(LABEL_SERVICE_NAME.to_owned(), name.clone());
-        cluster.slices.insert(
-            ObjectKey::new("default", format!("{name}-1")),
-            Arc::new(slice),
-        );
-        cluster
-            .services
-            .insert(ObjectKey::new("default", name), Arc::new(service));
+        cluster.insert_k8s_slice(&slice);
+        cluster.insert_k8s_service(&service);
     }
     cluster
 }
@@ -143,5 +135,17 @@ fn hundred_thousand_services_with_ten_endpoints_each() {
         state_bytes / MIB,
         model_bytes / MIB,
         build_peak / MIB
+    );
+
+    // What the agent keeps between syncs: the incremental model with its indexes.
+    drop(built);
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut incremental = Incremental::default();
+    let update = incremental.update(&cluster, &Changes::All, &config);
+    assert_eq!(update.diff.added.len(), SERVICES as usize);
+    drop(update);
+    println!(
+        "incremental model with its indexes: {} MiB",
+        (LIVE.load(Ordering::Relaxed) - before) / MIB
     );
 }

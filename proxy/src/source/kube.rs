@@ -1,38 +1,49 @@
-//! The Kubernetes API source: kube-rs reflectors on Services, EndpointSlices and this
-//! node's Node, with kube-proxy's selectors.
+//! The Kubernetes API source: kube-rs watchers on Services, EndpointSlices and this node's
+//! Node, with kube-proxy's selectors, kept as the model's compact inputs.
 //!
 //! ```text
-//! watcher ─▶ default_backoff ─▶ modify (strip) ─▶ reflect(writer) ─▶ task: bump generation
-//!   (×3: Services, EndpointSlices, Node)              │                        │
-//!                                             Store::state() ◀── snapshot() ◀──┴── changed()
+//! watcher ─▶ default_backoff ─▶ task: convert (ServiceInfo, SliceInfo, NodeInfo) ─▶ Store
+//!   (×3: Services, EndpointSlices, Node)       (the API object is dropped here)     │
+//!                               snapshot_changes() ◀── shared state + changed keys ◀──┘
 //! ```
 //!
-//! Each store is replaced wholesale only at the end of a (re)list (kube's `Writer` buffers
-//! `InitApply` until `InitDone`), so a relist after a 410 never shows a half-filled or empty
-//! store. Errors never clear a store: a dropped watch, an expired resourceVersion or an API
-//! server that is away for minutes leave the last known state in place while the watchers
-//! retry with client-go's backoff (0.8 s doubling to 30 s, with jitter).
+//! No API object is kept: each is converted as it arrives, so 100k Services with 10
+//! endpoints each cost the model's compact form, not kube-rs stores of full objects. Like
+//! kube-proxy's change trackers, the source records which objects changed since the last
+//! snapshot, so the model rebuilds only what changed; an update that changes nothing the
+//! proxy reads (a status field, an annotation) is no change at all.
+//!
+//! A (re)list is buffered until it completes (`InitDone`) and then compared with what the
+//! source held: objects deleted while the watch was down are removed then, and the state is
+//! never half-filled or empty in between. Errors never clear anything: a dropped watch, an
+//! expired resourceVersion or an API server that is away for minutes leave the last known
+//! state in place while the watchers retry with client-go's backoff (0.8 s doubling to
+//! 30 s, with jitter).
 //!
 //! An outage is logged twice: one warning when the first list or watch fails, and one info
 //! line when every list/watch request succeeds again, however many retries lie between. A
 //! watch that merely breaks or expires is routine (load balancers and API server restarts
 //! do it) and is logged at debug; if the reconnect then fails, that is the outage.
 //!
-//! Objects pass through unvalidated: the model validates every object it builds from and
-//! warns about the invalid ones, so checking here too would only warn twice.
+//! Objects are converted unvalidated: the model warns about the invalid ones when it builds,
+//! so checking here too would only warn twice.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fmt,
     path::PathBuf,
     pin::pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     task::{Context, Poll},
     time::Instant,
 };
 
 use futures::{StreamExt, future::BoxFuture};
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
-use kproxy_model::{ClusterState, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ObjectKey};
+use kproxy_model::{
+    Changes, ClusterState, Interner, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, NodeInfo, ObjectKey,
+    ServiceInfo, SliceInfo,
+};
 use kube::{
     Api, Resource, ResourceExt,
     client::ClientBuilder,
@@ -40,7 +51,6 @@ use kube::{
     core::{Expression, Selector},
     runtime::{
         WatchStreamExt,
-        reflector::{self, Store, store::Writer},
         watcher::{self, Event, watcher},
     },
 };
@@ -49,9 +59,6 @@ use tokio::{sync::watch, task::JoinSet};
 use tracing::{debug, error, info, instrument::WithSubscriber, warn};
 
 use super::{Source, SourceError};
-
-/// The annotation `kubectl apply` leaves: a second copy of the whole object, never read.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// kube-proxy's Service field selector: headless Services are dropped by the API server
 /// (kubernetes#126769; API servers before 1.31 ignore it, and the model skips them anyway).
@@ -114,7 +121,7 @@ impl fmt::Display for Input {
     }
 }
 
-/// What the watch tasks publish: a generation bumped on every store change, and which
+/// What the watch tasks publish: a generation bumped on every state change, and which
 /// inputs have completed their first list.
 #[derive(Debug, Clone, Copy, Default)]
 struct Progress {
@@ -122,11 +129,39 @@ struct Progress {
     listed: u8,
 }
 
+/// The state the watch tasks write and snapshots read.
+#[derive(Debug)]
+struct Shared {
+    /// Shared copy-on-write with the sync loop: a change updates it in place unless a
+    /// snapshot is still alive.
+    state: Arc<ClusterState>,
+    /// What changed since the last [`Source::snapshot_changes`].
+    changes: Changes,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            // The first snapshot is a whole new state.
+            changes: Changes::All,
+        }
+    }
+}
+
+/// The shared state, behind a lock held only to apply one event or take one snapshot.
+#[derive(Debug, Clone, Default)]
+struct Store(Arc<Mutex<Shared>>);
+
+impl Store {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The Kubernetes API source. Dropping it stops its watches.
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    nodes: Store<Node>,
+    store: Store,
     node_name: String,
     progress: watch::Receiver<Progress>,
     /// One task per input, each returning its input if its watch ever ends.
@@ -213,52 +248,58 @@ impl KubeSource {
         let (progress_tx, progress) = watch::channel(Progress::default());
         let progress_tx = Arc::new(progress_tx);
         let labels = label_selector(config.proxy_name.as_deref());
+        let store = Store::default();
         let mut tasks = JoinSet::new();
-        let common = |input| Reflector {
+        let common = |input| Watch {
             input,
             progress: progress_tx.clone(),
             health: health.clone(),
+            store: store.clone(),
         };
 
         // The tasks log through the subscriber current at start, so a caller's scoped
         // subscriber sees them too, as it would a synchronous call.
-        let (services, writer) = reflector::store();
         let watch_config = watcher::Config::default()
             .labels(&labels)
             .fields(SERVICE_FIELD_SELECTOR);
         tasks.spawn(
             common(Input::Services)
-                .run(Api::all(client.clone()), watch_config, writer, strip, || {})
+                .run(
+                    Api::<Service>::all(client.clone()),
+                    watch_config,
+                    ServiceStore,
+                )
                 .with_current_subscriber(),
         );
 
-        let (slices, writer) = reflector::store();
         let watch_config = watcher::Config::default().labels(&labels);
         tasks.spawn(
             common(Input::EndpointSlices)
-                .run(Api::all(client.clone()), watch_config, writer, strip, || {})
+                .run(
+                    Api::<EndpointSlice>::all(client.clone()),
+                    watch_config,
+                    SliceStore::default(),
+                )
                 .with_current_subscriber(),
         );
 
-        let (nodes, writer) = reflector::store();
         let watch_config =
             watcher::Config::default().fields(&node_field_selector(&config.node_name));
         tasks.spawn(
             common(Input::Node)
                 .run(
-                    Api::all(client),
+                    Api::<Node>::all(client),
                     watch_config,
-                    writer,
-                    strip_node,
-                    node_presence(nodes.clone(), config.node_name.clone()),
+                    NodeStore {
+                        node_name: config.node_name.clone(),
+                        present: None,
+                    },
                 )
                 .with_current_subscriber(),
         );
 
         Ok(KubeSource {
-            services,
-            slices,
-            nodes,
+            store,
             node_name: config.node_name,
             progress,
             tasks,
@@ -294,25 +335,16 @@ impl Source for KubeSource {
         if self.progress.borrow_and_update().listed != Input::all_bits() {
             return None;
         }
-        Some(ClusterState {
-            services: self
-                .services
-                .state()
-                .into_iter()
-                .map(|s| (key(&*s), s))
-                .collect(),
-            slices: self
-                .slices
-                .state()
-                .into_iter()
-                .map(|s| (key(&*s), s))
-                .collect(),
-            node: self
-                .nodes
-                .state()
-                .into_iter()
-                .find(|n| n.name_any() == self.node_name),
-        })
+        Some((*self.store.lock().state).clone())
+    }
+
+    fn snapshot_changes(&mut self) -> Option<(Arc<ClusterState>, Changes)> {
+        if self.progress.borrow_and_update().listed != Input::all_bits() {
+            return None;
+        }
+        let mut shared = self.store.lock();
+        let changes = std::mem::replace(&mut shared.changes, Changes::none());
+        Some((Arc::clone(&shared.state), changes))
     }
 }
 
@@ -320,95 +352,300 @@ fn key<K: ResourceExt>(object: &K) -> ObjectKey {
     ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any())
 }
 
-/// Drops what the proxy never reads before caching: managed fields and kubectl's copy of
-/// the object are often larger than the object itself.
-fn strip<K: ResourceExt>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
-    object.annotations_mut().remove(LAST_APPLIED);
-}
-
-/// [`strip`], plus the Node's image list (hundreds of entries on a busy node).
-fn strip_node(node: &mut Node) {
-    strip(node);
-    if let Some(status) = &mut node.status {
-        status.images = None;
+/// The changes of one kind of object, as [`Changes`] spells them.
+fn changes(input: Input, keys: BTreeSet<ObjectKey>) -> Changes {
+    match input {
+        Input::Services => Changes::Keys {
+            services: keys,
+            slices: BTreeSet::new(),
+            node: false,
+        },
+        Input::EndpointSlices => Changes::Keys {
+            services: BTreeSet::new(),
+            slices: keys,
+            node: false,
+        },
+        Input::Node => Changes::Keys {
+            services: BTreeSet::new(),
+            slices: BTreeSet::new(),
+            node: !keys.is_empty(),
+        },
     }
 }
 
-/// Warns once when this node's Node object is missing after a list or a deletion (the
-/// proxy then works without the node's addresses, zone and labels), and says when it
-/// appears again.
-fn node_presence(nodes: Store<Node>, node_name: String) -> impl FnMut() + Send {
-    let mut present = None;
-    move || {
-        let now = nodes.state().iter().any(|n| n.name_any() == node_name);
-        match (present, now) {
+/// How one input's objects are converted and stored in the [`ClusterState`].
+trait Kind: Send + 'static {
+    /// The API object.
+    type Object: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + fmt::Debug
+        + Send
+        + Sync
+        + 'static;
+    /// Its compact form.
+    type Info: PartialEq + Send + Sync + 'static;
+
+    /// The key of `object`; None when this source does not keep it (another node's Node).
+    fn key(&self, object: &Self::Object) -> Option<ObjectKey>;
+
+    /// Converts `object` (whose key is known).
+    fn convert(&mut self, object: &Self::Object) -> Self::Info;
+
+    /// The stored object at `key`.
+    fn get<'s>(state: &'s ClusterState, key: &ObjectKey) -> Option<&'s Arc<Self::Info>>;
+
+    /// Stores (or removes) the object at `key`.
+    fn set(state: &mut ClusterState, key: ObjectKey, info: Option<Arc<Self::Info>>);
+
+    /// Keys of every stored object of this kind.
+    fn keys(state: &ClusterState) -> Vec<ObjectKey>;
+
+    /// Called after every change, with the new state.
+    fn after_change(&mut self, _state: &ClusterState) {}
+}
+
+fn set_in<V>(map: &mut BTreeMap<ObjectKey, Arc<V>>, key: ObjectKey, value: Option<Arc<V>>) {
+    match value {
+        Some(value) => {
+            map.insert(key, value);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
+}
+
+struct ServiceStore;
+
+impl Kind for ServiceStore {
+    type Object = Service;
+    type Info = ServiceInfo;
+
+    fn key(&self, service: &Service) -> Option<ObjectKey> {
+        Some(key(service))
+    }
+
+    fn convert(&mut self, service: &Service) -> ServiceInfo {
+        ServiceInfo::from_k8s(service)
+    }
+
+    fn get<'s>(state: &'s ClusterState, key: &ObjectKey) -> Option<&'s Arc<ServiceInfo>> {
+        state.services.get(key)
+    }
+
+    fn set(state: &mut ClusterState, key: ObjectKey, info: Option<Arc<ServiceInfo>>) {
+        set_in(&mut state.services, key, info);
+    }
+
+    fn keys(state: &ClusterState) -> Vec<ObjectKey> {
+        state.services.keys().cloned().collect()
+    }
+}
+
+#[derive(Default)]
+struct SliceStore {
+    /// Shares endpoint node names, zones and hints among all slices.
+    strings: Interner,
+}
+
+impl Kind for SliceStore {
+    type Object = EndpointSlice;
+    type Info = SliceInfo;
+
+    fn key(&self, slice: &EndpointSlice) -> Option<ObjectKey> {
+        Some(key(slice))
+    }
+
+    fn convert(&mut self, slice: &EndpointSlice) -> SliceInfo {
+        SliceInfo::from_k8s(slice, &mut self.strings)
+    }
+
+    fn get<'s>(state: &'s ClusterState, key: &ObjectKey) -> Option<&'s Arc<SliceInfo>> {
+        state.slices.get(key)
+    }
+
+    fn set(state: &mut ClusterState, key: ObjectKey, info: Option<Arc<SliceInfo>>) {
+        set_in(&mut state.slices, key, info);
+    }
+
+    fn keys(state: &ClusterState) -> Vec<ObjectKey> {
+        state.slices.keys().cloned().collect()
+    }
+
+    fn after_change(&mut self, _state: &ClusterState) {
+        // Forgets the names of nodes that left with their endpoints. A scan of the few
+        // hundred distinct names, far less than converting the slice did.
+        self.strings.prune();
+    }
+}
+
+/// This node's Node.
+struct NodeStore {
+    node_name: String,
+    /// Whether the Node existed at the last change (None before the first list).
+    present: Option<bool>,
+}
+
+impl Kind for NodeStore {
+    type Object = Node;
+    type Info = NodeInfo;
+
+    fn key(&self, node: &Node) -> Option<ObjectKey> {
+        // The field selector asks for this node only; a skewed server may send others.
+        (node.name_any() == self.node_name).then(|| ObjectKey::cluster_scoped(node.name_any()))
+    }
+
+    fn convert(&mut self, node: &Node) -> NodeInfo {
+        NodeInfo::from_k8s(node)
+    }
+
+    fn get<'s>(state: &'s ClusterState, key: &ObjectKey) -> Option<&'s Arc<NodeInfo>> {
+        state.node.as_ref().filter(|node| node.name() == &*key.name)
+    }
+
+    fn set(state: &mut ClusterState, _key: ObjectKey, info: Option<Arc<NodeInfo>>) {
+        state.node = info;
+    }
+
+    fn keys(state: &ClusterState) -> Vec<ObjectKey> {
+        state
+            .node
+            .iter()
+            .map(|node| ObjectKey::cluster_scoped(node.name()))
+            .collect()
+    }
+
+    /// Warns once when this node's Node object is missing after a list or a deletion (the
+    /// proxy then works without the node's addresses, zone and labels), and says when it
+    /// appears again.
+    fn after_change(&mut self, state: &ClusterState) {
+        let now = state.node.is_some();
+        match (self.present, now) {
             (None | Some(true), false) => warn!(
-                node = %node_name,
+                node = %self.node_name,
                 "this node's Node object does not exist; serving without its addresses, \
                  zone and labels until it appears"
             ),
-            (Some(false), true) => info!(node = %node_name, "this node's Node object appeared"),
+            (Some(false), true) => {
+                info!(node = %self.node_name, "this node's Node object appeared");
+            }
             _ => {}
         }
-        present = Some(now);
+        self.present = Some(now);
     }
 }
 
 /// What every watch task shares.
-struct Reflector {
+struct Watch {
     input: Input,
     progress: Arc<watch::Sender<Progress>>,
     health: Arc<Health>,
+    store: Store,
 }
 
-impl Reflector {
-    /// Runs one reflector until its watch ends (it never does by itself: every watcher
-    /// error is retried), bumping the generation after each store change.
-    async fn run<K>(
+impl Watch {
+    /// Runs one watch until it ends (it never does by itself: every watcher error is
+    /// retried), converting each object and bumping the generation after each change.
+    async fn run<K: Kind>(
         self,
-        api: Api<K>,
+        api: Api<K::Object>,
         config: watcher::Config,
-        writer: Writer<K>,
-        strip: fn(&mut K),
-        mut after_change: impl FnMut() + Send,
-    ) -> Input
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-    {
-        let mut events = pin!(
-            watcher(api, config)
-                .default_backoff()
-                .modify(strip)
-                .reflect(writer)
-        );
+        mut kind: K,
+    ) -> Input {
+        let mut events = pin!(watcher(api, config).default_backoff());
+        // A (re)list in progress: what it has delivered so far.
+        let mut listing: BTreeMap<ObjectKey, K::Info> = BTreeMap::new();
         while let Some(event) = events.next().await {
             match event {
-                // Buffered by the writer; the store changes only at InitDone.
-                Ok(Event::Init | Event::InitApply(_)) => {}
-                Ok(Event::Apply(_) | Event::Delete(_)) => {
-                    self.progress.send_modify(|p| p.generation += 1);
-                    after_change();
+                Ok(Event::Init) => listing.clear(),
+                Ok(Event::InitApply(object)) => {
+                    if let Some(key) = kind.key(&object) {
+                        let info = kind.convert(&object);
+                        listing.insert(key, info);
+                    }
                 }
                 Ok(Event::InitDone) => {
+                    let listed = std::mem::take(&mut listing);
+                    self.replace_all(&mut kind, listed);
                     let input = self.input;
                     self.progress.send_modify(|p| {
                         p.generation += 1;
                         p.listed |= input.bit();
                     });
                     debug!(%input, "list complete");
-                    after_change();
+                }
+                Ok(Event::Apply(object)) => {
+                    if let Some(key) = kind.key(&object) {
+                        let info = kind.convert(&object);
+                        drop(object);
+                        self.put(&mut kind, key, Some(info));
+                    }
+                }
+                Ok(Event::Delete(object)) => {
+                    if let Some(key) = kind.key(&object) {
+                        self.put(&mut kind, key, None);
+                    }
                 }
                 Err(error) => self.health.failed(self.input, &error),
             }
         }
         self.input
+    }
+
+    /// Stores one object (or its deletion); records and announces a change only when what
+    /// the proxy reads of it changed.
+    fn put<K: Kind>(&self, kind: &mut K, key: ObjectKey, info: Option<K::Info>) {
+        let mut shared = self.store.lock();
+        let same = match (K::get(&shared.state, &key), &info) {
+            (None, None) => true,
+            (Some(current), Some(info)) => **current == *info,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let state = Arc::make_mut(&mut shared.state);
+        K::set(state, key.clone(), info.map(Arc::new));
+        kind.after_change(state);
+        shared
+            .changes
+            .merge(changes(self.input, BTreeSet::from([key])));
+        drop(shared);
+        self.progress.send_modify(|p| p.generation += 1);
+    }
+
+    /// Replaces every object of this kind with a complete list: what is not in it was
+    /// deleted (perhaps while the watch was down), what differs changed, and objects whose
+    /// content is the same keep their `Arc`.
+    fn replace_all<K: Kind>(&self, kind: &mut K, listed: BTreeMap<ObjectKey, K::Info>) {
+        let mut shared = self.store.lock();
+        let mut changed = BTreeSet::new();
+        let removed: Vec<ObjectKey> = K::keys(&shared.state)
+            .into_iter()
+            .filter(|key| !listed.contains_key(key))
+            .collect();
+        let updated: Vec<(ObjectKey, K::Info)> = listed
+            .into_iter()
+            .filter(|(key, info)| {
+                K::get(&shared.state, key).is_none_or(|current| **current != *info)
+            })
+            .collect();
+        if !removed.is_empty() || !updated.is_empty() {
+            let state = Arc::make_mut(&mut shared.state);
+            for key in removed {
+                K::set(state, key.clone(), None);
+                changed.insert(key);
+            }
+            for (key, info) in updated {
+                K::set(state, key.clone(), Some(Arc::new(info)));
+                changed.insert(key);
+            }
+        }
+        kind.after_change(&shared.state);
+        if !changed.is_empty() {
+            shared.changes.merge(changes(self.input, changed));
+        }
     }
 }
 

@@ -21,11 +21,9 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use kproxy_model::{
-    Changes, ClusterState, ObjectKey,
-    manifest::{DocumentErrorReason, ManifestObject, parse_documents},
-    validate_endpoint_slice, validate_node, validate_service,
+    Changes, ClusterState, Interner, NodeInfo, ObjectKey, ServiceInfo, SliceInfo,
+    manifest::{DocumentErrorReason, ManifestObject, for_each_document},
 };
 use tracing::{debug, info, warn};
 
@@ -35,40 +33,45 @@ use super::{Source, SourceError};
 /// loop's minimum period.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// A good object read from one document, shared so snapshots are pointer copies.
+/// A good object read from one document, converted to the model's input and shared, so
+/// snapshots are pointer copies.
 #[derive(Debug, Clone)]
-enum Doc {
-    Service(Arc<Service>),
-    EndpointSlice(Arc<EndpointSlice>),
-    Node(Arc<Node>),
+struct Doc {
+    /// Which store the object goes to, and its key there.
+    key: (Kind, ObjectKey),
+    object: Object,
+}
+
+#[derive(Debug, Clone)]
+enum Object {
+    Service(Arc<ServiceInfo>),
+    EndpointSlice(Arc<SliceInfo>),
+    Node(Arc<NodeInfo>),
 }
 
 impl Doc {
     /// Which store the object goes to, and its key there.
     fn key(&self) -> (Kind, ObjectKey) {
-        match self {
-            Doc::Service(s) => (Kind::Service, key_of(&s.metadata)),
-            Doc::EndpointSlice(s) => (Kind::EndpointSlice, key_of(&s.metadata)),
-            Doc::Node(n) => (Kind::Node, key_of(&n.metadata)),
-        }
+        self.key.clone()
     }
 
     /// Same object and same content.
     fn same(&self, other: &Doc) -> bool {
-        match (self, other) {
-            (Doc::Service(a), Doc::Service(b)) => Arc::ptr_eq(a, b) || a == b,
-            (Doc::EndpointSlice(a), Doc::EndpointSlice(b)) => Arc::ptr_eq(a, b) || a == b,
-            (Doc::Node(a), Doc::Node(b)) => Arc::ptr_eq(a, b) || a == b,
-            _ => false,
-        }
+        self.key == other.key
+            && match (&self.object, &other.object) {
+                (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b) || a == b,
+                (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b) || a == b,
+                (Object::Node(a), Object::Node(b)) => Arc::ptr_eq(a, b) || a == b,
+                _ => false,
+            }
     }
 
     /// Same `Arc`: the object did not change at all.
-    fn identical(&self, other: &Doc) -> bool {
-        match (self, other) {
-            (Doc::Service(a), Doc::Service(b)) => Arc::ptr_eq(a, b),
-            (Doc::EndpointSlice(a), Doc::EndpointSlice(b)) => Arc::ptr_eq(a, b),
-            (Doc::Node(a), Doc::Node(b)) => Arc::ptr_eq(a, b),
+    fn identical(&self, other: &Object) -> bool {
+        match (&self.object, other) {
+            (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b),
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b),
+            (Object::Node(a), Object::Node(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -81,6 +84,9 @@ enum Kind {
     EndpointSlice,
     Node,
 }
+
+/// The definitions of one object, by file, sorted by path; the last one wins.
+type Definitions = Vec<(Arc<Path>, Doc)>;
 
 /// What the source remembers of one file.
 #[derive(Debug, Default)]
@@ -98,10 +104,12 @@ struct FileState {
 pub struct ManifestsSource {
     dir: PathBuf,
     node_name: String,
-    files: BTreeMap<PathBuf, FileState>,
+    files: BTreeMap<Arc<Path>, FileState>,
     /// Every definition of every object, by file: when two files define the same object
     /// the later file (in name order) wins, with a warning.
-    defs: HashMap<(Kind, ObjectKey), BTreeMap<PathBuf, Doc>>,
+    /// Each list is sorted by path; nearly every object has one definition, which a Vec
+    /// holds in one small allocation where a one-entry map would take a whole B-tree node.
+    defs: HashMap<(Kind, ObjectKey), Definitions>,
     /// The state, shared copy-on-write with the sync loop: a change updates it in place
     /// unless a snapshot is still alive.
     state: Arc<ClusterState>,
@@ -109,6 +117,8 @@ pub struct ManifestsSource {
     changes: Changes,
     /// A change found by a scan and not yet reported by `changed()`.
     pending: bool,
+    /// Shares endpoint node names and zones among all slices read.
+    strings: Interner,
     /// The directory could not be listed at the last scan (logged once per outage).
     dir_unreadable: bool,
 }
@@ -129,6 +139,7 @@ impl ManifestsSource {
             state: Arc::default(),
             changes: Changes::All,
             pending: true,
+            strings: Interner::default(),
             dir_unreadable: false,
         };
         source.scan();
@@ -153,10 +164,10 @@ impl ManifestsSource {
             }
         };
         let mut changed = false;
-        let removed: Vec<PathBuf> = self
+        let removed: Vec<Arc<Path>> = self
             .files
             .keys()
-            .filter(|p| !paths.contains_key(*p))
+            .filter(|p| !paths.contains_key(&***p))
             .cloned()
             .collect();
         for path in removed {
@@ -164,7 +175,12 @@ impl ManifestsSource {
             changed |= self.replace_docs(&path, &file.docs, &[]);
         }
         for (path, fingerprint) in paths {
-            let file = self.files.entry(path.clone()).or_default();
+            // One shared copy of each file's path, however many objects it defines.
+            let path: Arc<Path> = match self.files.get_key_value(path.as_path()) {
+                Some((known, _)) => Arc::clone(known),
+                None => Arc::from(path),
+            };
+            let file = self.files.entry(Arc::clone(&path)).or_default();
             if file.fingerprint == fingerprint && !file.docs.is_empty() {
                 continue;
             }
@@ -172,8 +188,9 @@ impl ManifestsSource {
             match fs::read_to_string(&path) {
                 Ok(text) => {
                     let old = std::mem::take(&mut file.docs);
-                    let new =
-                        reuse_unchanged(read_documents(&path, &text, &self.node_name, &old), &old);
+                    let read =
+                        read_documents(&path, &text, &self.node_name, &mut self.strings, &old);
+                    let new = reuse_unchanged(read, &old);
                     file.docs.clone_from(&new);
                     changed |= self.replace_docs(&path, &old, &new);
                 }
@@ -184,31 +201,31 @@ impl ManifestsSource {
         }
         if changed {
             self.pending = true;
+            self.strings.prune();
         }
         changed
     }
 
     /// Replaces what `path` defines (`old`) with `new` and updates the state for every
     /// object whose winning definition changed; true when any did.
-    fn replace_docs(&mut self, path: &Path, old: &[Option<Doc>], new: &[Option<Doc>]) -> bool {
+    fn replace_docs(&mut self, path: &Arc<Path>, old: &[Option<Doc>], new: &[Option<Doc>]) -> bool {
         let mut touched = BTreeSet::new();
         for doc in old.iter().flatten() {
             let key = doc.key();
             if let Some(defs) = self.defs.get_mut(&key) {
-                defs.remove(path);
+                defs.retain(|(p, _)| p != path);
             }
             touched.insert(key);
         }
         for doc in new.iter().flatten() {
             let key = doc.key();
             let defs = self.defs.entry(key.clone()).or_default();
-            defs.insert(path.to_owned(), doc.clone());
+            match defs.binary_search_by(|(p, _)| (**p).cmp(&**path)) {
+                Ok(at) => defs[at].1 = doc.clone(),
+                Err(at) => defs.insert(at, (Arc::clone(path), doc.clone())),
+            }
             if defs.len() == 2 {
-                let first = defs
-                    .keys()
-                    .next()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
+                let first = defs[0].0.display().to_string();
                 warn!(kind = ?key.0, object = %key.1, first, file = %path.display(), "object defined in two files; the later file wins");
             }
             touched.insert(key);
@@ -218,7 +235,7 @@ impl ManifestsSource {
             let winner = self
                 .defs
                 .get(&key)
-                .and_then(|d| d.values().next_back().cloned());
+                .and_then(|d| d.last().map(|(_, doc)| doc.clone()));
             if winner.is_none() {
                 self.defs.remove(&key);
             }
@@ -235,17 +252,21 @@ impl ManifestsSource {
                 .state
                 .services
                 .get(&key)
-                .map(|s| Doc::Service(Arc::clone(s))),
+                .map(|s| Object::Service(Arc::clone(s))),
             Kind::EndpointSlice => self
                 .state
                 .slices
                 .get(&key)
-                .map(|s| Doc::EndpointSlice(Arc::clone(s))),
-            Kind::Node => self.state.node.as_ref().map(|n| Doc::Node(Arc::clone(n))),
+                .map(|s| Object::EndpointSlice(Arc::clone(s))),
+            Kind::Node => self
+                .state
+                .node
+                .as_ref()
+                .map(|n| Object::Node(Arc::clone(n))),
         };
         if match (&current, &doc) {
             (None, None) => true,
-            (Some(a), Some(b)) => a.identical(b),
+            (Some(a), Some(b)) => b.identical(a),
             _ => false,
         } {
             return false;
@@ -255,8 +276,8 @@ impl ManifestsSource {
         let mut services = BTreeSet::new();
         let mut slices = BTreeSet::new();
         let mut node = false;
-        match (kind, doc) {
-            (Kind::Service, Some(Doc::Service(s))) => {
+        match (kind, doc.map(|d| d.object)) {
+            (Kind::Service, Some(Object::Service(s))) => {
                 state.services.insert(key.clone(), s);
                 services.insert(key);
             }
@@ -264,7 +285,7 @@ impl ManifestsSource {
                 state.services.remove(&key);
                 services.insert(key);
             }
-            (Kind::EndpointSlice, Some(Doc::EndpointSlice(s))) => {
+            (Kind::EndpointSlice, Some(Object::EndpointSlice(s))) => {
                 state.slices.insert(key.clone(), s);
                 slices.insert(key);
             }
@@ -272,7 +293,7 @@ impl ManifestsSource {
                 state.slices.remove(&key);
                 slices.insert(key);
             }
-            (Kind::Node, Some(Doc::Node(n))) => {
+            (Kind::Node, Some(Object::Node(n))) => {
                 state.node = Some(n);
                 node = true;
             }
@@ -309,13 +330,6 @@ impl Source for ManifestsSource {
             Arc::clone(&self.state),
             std::mem::replace(&mut self.changes, Changes::none()),
         ))
-    }
-}
-
-fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
-    ObjectKey {
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
     }
 }
 
@@ -367,45 +381,64 @@ fn list_manifest_files(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, (u64, i6
     Ok(out)
 }
 
-/// Parses and validates every document of one file. A bad document is logged and replaced
-/// by what the same position held when it was last good.
+/// Parses, validates and converts every document of one file, one at a time: each API
+/// object is dropped as soon as it is converted. A bad document is logged and replaced by
+/// what the same position held when it was last good.
 fn read_documents(
     path: &Path,
     text: &str,
     node_name: &str,
+    strings: &mut Interner,
     previous: &[Option<Doc>],
 ) -> Vec<Option<Doc>> {
-    let parsed_docs = parse_documents(text);
+    let mut docs = Vec::new();
     // After a YAML syntax error the document boundaries themselves are in doubt, so the
     // whole file keeps what it last yielded rather than losing the documents after it.
-    let syntax_errors: Vec<_> = parsed_docs
-        .iter()
-        .filter_map(|d| d.as_ref().err())
-        .filter(|e| matches!(e.reason, DocumentErrorReason::Syntax { .. }))
-        .collect();
+    // Warnings wait until that is known: a file kept whole warns about its syntax only.
+    let mut syntax_errors = Vec::new();
+    let mut skipped = Vec::new();
+    for_each_document(text, |parsed| {
+        let index = docs.len();
+        let keep_previous = || previous.get(index).cloned().flatten();
+        let doc = match parsed {
+            Err(e) => {
+                if matches!(e.reason, DocumentErrorReason::Syntax { .. }) {
+                    syntax_errors.push(e.to_string());
+                }
+                skipped.push(Skipped::Document(e));
+                keep_previous()
+            }
+            Ok(object) => match converted(&object, node_name, strings) {
+                Ok(doc) => doc,
+                Err((object, reason)) => {
+                    skipped.push(Skipped::Invalid {
+                        document: index + 1,
+                        object,
+                        reason,
+                    });
+                    keep_previous()
+                }
+            },
+        };
+        docs.push(doc);
+    });
     if !syntax_errors.is_empty() && !previous.is_empty() {
         for e in syntax_errors {
             warn!(file = %path.display(), "skipping manifest file with a syntax error, keeping its last good objects: {e}");
         }
         return previous.to_vec();
     }
-    let mut docs = Vec::new();
-    for (i, parsed) in parsed_docs.into_iter().enumerate() {
-        let keep_previous = || previous.get(i).cloned().flatten();
-        let doc = match parsed {
-            Err(e) => {
-                warn!(file = %path.display(), "skipping manifest {e}");
-                keep_previous()
+    for skip in skipped {
+        match skip {
+            Skipped::Document(e) => warn!(file = %path.display(), "skipping manifest {e}"),
+            Skipped::Invalid {
+                document,
+                object,
+                reason,
+            } => {
+                warn!(file = %path.display(), document, object = %object, reason = %reason, "skipping invalid manifest document; its last good version stays");
             }
-            Ok(object) => match validated(object, node_name) {
-                Ok(doc) => doc,
-                Err((object, reason)) => {
-                    warn!(file = %path.display(), document = i + 1, object = %object, reason = %reason, "skipping invalid manifest document; its last good version stays");
-                    keep_previous()
-                }
-            },
-        };
-        docs.push(doc);
+        }
     }
     // An entirely empty file still counts as read.
     if docs.is_empty() {
@@ -414,38 +447,75 @@ fn read_documents(
     docs
 }
 
-/// Validates one object. Ok(None) for kinds the proxy ignores and for other nodes' Nodes.
-fn validated(object: ManifestObject, node_name: &str) -> Result<Option<Doc>, (String, String)> {
-    let name = |kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        format!(
-            "{kind} {}/{}",
-            meta.namespace.as_deref().unwrap_or(""),
-            meta.name.as_deref().unwrap_or("<no name>")
-        )
+/// A document that yielded nothing, to be logged once the file is read.
+enum Skipped {
+    /// It did not parse.
+    Document(kproxy_model::manifest::DocumentError),
+    /// It parsed but is not valid.
+    Invalid {
+        document: usize,
+        object: String,
+        reason: String,
+    },
+}
+
+/// Validates and converts one object. Ok(None) for kinds the proxy ignores and for other
+/// nodes' Nodes.
+fn converted(
+    object: &ManifestObject,
+    node_name: &str,
+    strings: &mut Interner,
+) -> Result<Option<Doc>, (String, String)> {
+    let name = |kind: &str, key: &ObjectKey| {
+        let name = if key.name.is_empty() {
+            "<no name>"
+        } else {
+            &*key.name
+        };
+        format!("{kind} {}/{name}", key.namespace)
+    };
+    let Some(key) = object.key() else {
+        if let ManifestObject::Ignored { api_version, kind } = object {
+            debug!(api_version, kind, "ignoring a kind the proxy does not read");
+        }
+        return Ok(None);
     };
     match object {
-        ManifestObject::Service(s) => match validate_service(&s) {
-            Ok(()) => Ok(Some(Doc::Service(Arc::new(s)))),
-            Err(e) => Err((name("Service", &s.metadata), e.to_string())),
-        },
-        ManifestObject::EndpointSlice(s) => match validate_endpoint_slice(&s) {
-            Ok(()) => Ok(Some(Doc::EndpointSlice(Arc::new(s)))),
-            Err(e) => Err((name("EndpointSlice", &s.metadata), e.to_string())),
-        },
+        ManifestObject::Service(s) => {
+            let info = ServiceInfo::from_k8s(s);
+            match info.validate() {
+                Ok(()) => Ok(Some(Doc {
+                    key: (Kind::Service, key),
+                    object: Object::Service(Arc::new(info)),
+                })),
+                Err(e) => Err((name("Service", &key), e.to_string())),
+            }
+        }
+        ManifestObject::EndpointSlice(s) => {
+            let info = SliceInfo::from_k8s(s, strings);
+            match info.validate() {
+                Ok(()) => Ok(Some(Doc {
+                    key: (Kind::EndpointSlice, key),
+                    object: Object::EndpointSlice(Arc::new(info)),
+                })),
+                Err(e) => Err((name("EndpointSlice", &key), e.to_string())),
+            }
+        }
         ManifestObject::Node(n) => {
             if n.metadata.name.as_deref() != Some(node_name) {
                 debug!(node = ?n.metadata.name, "ignoring another node's Node");
                 return Ok(None);
             }
-            match validate_node(&n) {
-                Ok(()) => Ok(Some(Doc::Node(Arc::new(n)))),
-                Err(e) => Err((name("Node", &n.metadata), e.to_string())),
+            let info = NodeInfo::from_k8s(n);
+            match info.validate() {
+                Ok(()) => Ok(Some(Doc {
+                    key: (Kind::Node, key),
+                    object: Object::Node(Arc::new(info)),
+                })),
+                Err(e) => Err((name("Node", &key), e.to_string())),
             }
         }
-        ManifestObject::Ignored { api_version, kind } => {
-            debug!(api_version, kind, "ignoring a kind the proxy does not read");
-            Ok(None)
-        }
+        ManifestObject::Ignored { .. } => Ok(None),
     }
 }
 
@@ -464,6 +534,13 @@ mod tests {
         format!(
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{ip}\"]}}]\nports: [{{port: 8080}}]\n"
         )
+    }
+
+    fn service_info(yaml: &str) -> ServiceInfo {
+        match kproxy_model::manifest::parse_documents(yaml).remove(0) {
+            Ok(ManifestObject::Service(svc)) => ServiceInfo::from_k8s(&svc),
+            other => panic!("not a Service: {other:?}"),
+        }
     }
 
     fn keys(names: &[&str]) -> BTreeSet<ObjectKey> {
@@ -507,7 +584,7 @@ mod tests {
         fs::write(&file, text("100.64.1.9")).unwrap();
         // Same length as before: the size stays, and the mtime may too within its
         // granularity, so forget the fingerprint.
-        src.files.get_mut(&file).unwrap().fingerprint = (0, 0, 0);
+        src.files.get_mut(file.as_path()).unwrap().fingerprint = (0, 0, 0);
         assert_eq!(
             changes(&mut src),
             Changes::Keys {
@@ -537,13 +614,8 @@ mod tests {
             }
         );
         assert_eq!(
-            src.snapshot().unwrap().services[&ObjectKey::new("t", "p")]
-                .spec
-                .as_ref()
-                .unwrap()
-                .cluster_ip
-                .as_deref(),
-            Some("198.51.100.9")
+            *src.snapshot().unwrap().services[&ObjectKey::new("t", "p")],
+            service_info(&svc("p", "198.51.100.9"))
         );
         // Removing it brings a.yaml's x back.
         fs::remove_file(dir.join("b.yaml")).unwrap();
@@ -556,13 +628,8 @@ mod tests {
             }
         );
         assert_eq!(
-            src.snapshot().unwrap().services[&ObjectKey::new("t", "p")]
-                .spec
-                .as_ref()
-                .unwrap()
-                .cluster_ip
-                .as_deref(),
-            Some("198.51.100.1")
+            *src.snapshot().unwrap().services[&ObjectKey::new("t", "p")],
+            service_info(&svc("p", "198.51.100.1"))
         );
 
         // Removing the file removes everything it defined.

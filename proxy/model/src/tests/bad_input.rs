@@ -602,29 +602,52 @@ fn bad_input_table() {
 
 #[test]
 fn validation_functions_agree_with_build() {
-    use crate::{validate_endpoint_slice, validate_node, validate_service};
-    let (state, errors) = state_and_errors(
-        &(good()
-            + &bad_svc("bad-port0")
-                .raw_port("{name: http, port: 0}")
-                .yaml()
-            + &slice("bad-epip", "a-good")
-                .port("http", 8080)
-                .endpoints([ep("10.0.0.999")])
-                .yaml()
-            + &node_named(THIS_NODE, None).replace("192.0.2.10", "bogus")),
-    );
+    use crate::{
+        manifest::{ManifestObject, parse_documents},
+        validate_endpoint_slice, validate_node, validate_service,
+    };
+    let yaml = good()
+        + &bad_svc("bad-port0")
+            .raw_port("{name: http, port: 0}")
+            .yaml()
+        + &slice("bad-epip", "a-good")
+            .port("http", 8080)
+            .endpoints([ep("10.0.0.999")])
+            .yaml()
+        + &node_named(THIS_NODE, None).replace("192.0.2.10", "bogus");
+    let (state, errors) = state_and_errors(&yaml);
     assert!(errors.is_empty());
     let service = |name: &str| state.services[&ObjectKey::new("default", name)].clone();
     let slice_of = |name: &str| state.slices[&ObjectKey::new("default", name)].clone();
-    assert_eq!(validate_service(&service("a-good")), Ok(()));
+    assert_eq!(service("a-good").validate(), Ok(()));
     assert_eq!(
-        validate_service(&service("bad-port0"))
-            .unwrap_err()
-            .to_string(),
+        service("bad-port0").validate().unwrap_err().to_string(),
         "port \"http\" has invalid port number 0"
     );
-    assert_eq!(validate_endpoint_slice(&slice_of("a-good-1")), Ok(()));
-    assert!(validate_endpoint_slice(&slice_of("bad-epip")).is_err());
-    assert!(validate_node(state.node.as_ref().unwrap()).is_err());
+    assert_eq!(slice_of("a-good-1").validate(), Ok(()));
+    assert!(slice_of("bad-epip").validate().is_err());
+    assert!(state.node.as_ref().unwrap().validate().is_err());
+
+    // The checks on the API objects say the same as those kept with the compact inputs.
+    for object in parse_documents(&yaml).into_iter().map(Result::unwrap) {
+        let key = object.key().unwrap();
+        match object {
+            ManifestObject::Service(svc) => {
+                assert_eq!(validate_service(&svc), state.services[&key].validate());
+            }
+            ManifestObject::EndpointSlice(slice) => {
+                assert_eq!(
+                    validate_endpoint_slice(&slice),
+                    state.slices[&key].validate()
+                );
+            }
+            ManifestObject::Node(node) => {
+                assert_eq!(
+                    validate_node(&node),
+                    state.node.as_ref().unwrap().validate()
+                );
+            }
+            ManifestObject::Ignored { .. } => {}
+        }
+    }
 }

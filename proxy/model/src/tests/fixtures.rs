@@ -3,7 +3,7 @@
 //! Fixtures are YAML parsed by [`crate::manifest`], so a failing test can be reproduced by
 //! pasting its manifest into a file.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::fmt::Write as _;
 
 use crate::{
     Built, ClusterState, IpFamily, ModelConfig, ObjectKey, ServicePort, Verdict, build,
@@ -54,25 +54,15 @@ pub(super) fn state_and_errors(yaml: &str) -> (ClusterState, Vec<String>) {
     let mut errors = Vec::new();
     for result in manifest::parse_documents(yaml) {
         match result {
-            Ok(object) => insert(&mut state, object),
+            Ok(object) => insert(&mut state, &object),
             Err(error) => errors.push(error.to_string()),
         }
     }
     (state, errors)
 }
 
-fn insert(state: &mut ClusterState, object: ManifestObject) {
-    let key = object.key();
-    match object {
-        ManifestObject::Service(svc) => {
-            state.services.insert(key.unwrap(), Arc::new(svc));
-        }
-        ManifestObject::EndpointSlice(slice) => {
-            state.slices.insert(key.unwrap(), Arc::new(slice));
-        }
-        ManifestObject::Node(node) => state.node = Some(Arc::new(node)),
-        ManifestObject::Ignored { .. } => {}
-    }
+fn insert(state: &mut ClusterState, object: &ManifestObject) {
+    state.insert_manifest(object);
 }
 
 /// Builds the model of `yaml` with `config`.
@@ -127,7 +117,7 @@ pub(super) fn ports_of<'a>(built: &'a Built, key: &ObjectKey) -> Vec<&'a Service
         .model
         .ports
         .values()
-        .filter(|p| p.key.name.namespace == key.namespace && p.key.name.name == key.name)
+        .filter(|p| *p.key.name.namespace == *key.namespace && *p.key.name.name == *key.name)
         .collect()
 }
 

@@ -11,6 +11,7 @@
 //! operations, make-before-break, stable ids). The map layout, the reject/drop errors and
 //! the restart sequence are described in this crate's `README.md`.
 
+mod batch;
 mod devices;
 pub mod inspect;
 mod loader;

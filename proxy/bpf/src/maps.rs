@@ -6,7 +6,11 @@
 
 use std::io;
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key as LpmKey};
+use crate::batch::{self, BatchError};
+use aya::{
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key as LpmKey},
+    sys::SyscallError,
+};
 use kproxy_common::{
     Addr, AffinityMatchKey, Backend, Config, Counter, ServiceKey, ServiceValue, SourceRange,
     counter,
@@ -29,6 +33,13 @@ pub struct MapsError {
     pub source: MapError,
 }
 
+/// A batch write that stopped early: exactly its first `done` elements are in the map.
+#[derive(Debug)]
+pub(crate) struct PartialWrite {
+    pub(crate) done: usize,
+    pub(crate) error: MapsError,
+}
+
 /// Per-CPU counters summed over CPUs, indexed by `kproxy_common::counter`.
 pub type CounterValues = [u64; counter::COUNT as usize];
 
@@ -37,9 +48,34 @@ pub(crate) trait LbMaps {
     fn service_update(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapsError>;
     fn service_delete(&mut self, key: &ServiceKey) -> Result<(), MapsError>;
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapsError>;
+    /// Writes `keys[i]` → `values[i]` in order; on failure says how many were written.
+    /// This default makes one call per element.
+    fn service_update_batch(
+        &mut self,
+        keys: &[ServiceKey],
+        values: &[ServiceValue],
+    ) -> Result<(), PartialWrite> {
+        for (done, (key, value)) in keys.iter().zip(values).enumerate() {
+            self.service_update(key, value)
+                .map_err(|error| PartialWrite { done, error })?;
+        }
+        Ok(())
+    }
     fn backend_update(&mut self, id: u32, value: &Backend) -> Result<(), MapsError>;
     fn backend_delete(&mut self, id: u32) -> Result<(), MapsError>;
     fn backends(&self) -> Result<Vec<(u32, Backend)>, MapsError>;
+    /// As [`LbMaps::service_update_batch`], for backends.
+    fn backend_update_batch(
+        &mut self,
+        ids: &[u32],
+        values: &[Backend],
+    ) -> Result<(), PartialWrite> {
+        for (done, (id, value)) in ids.iter().zip(values).enumerate() {
+            self.backend_update(*id, value)
+                .map_err(|error| PartialWrite { done, error })?;
+        }
+        Ok(())
+    }
     fn affinity_match_update(&mut self, key: AffinityMatchKey) -> Result<(), MapsError>;
     fn affinity_match_delete(&mut self, key: AffinityMatchKey) -> Result<(), MapsError>;
     fn affinity_matches(&self) -> Result<Vec<AffinityMatchKey>, MapsError>;
@@ -92,6 +128,34 @@ fn wrap_update(map: &'static str) -> impl FnOnce(MapError) -> MapsError {
     }
 }
 
+/// A failed batch call as the single-element calls report it.
+fn batch_error(e: BatchError) -> (usize, MapError) {
+    (
+        e.done,
+        MapError::SyscallError(SyscallError {
+            call: e.call,
+            io_error: e.source,
+        }),
+    )
+}
+
+fn partial_update(map: &'static str) -> impl FnOnce(BatchError) -> PartialWrite {
+    move |e| {
+        let (done, source) = batch_error(e);
+        PartialWrite {
+            done,
+            error: wrap_update(map)(source),
+        }
+    }
+}
+
+fn dump_error(map: &'static str) -> impl FnOnce(BatchError) -> MapsError {
+    move |e| {
+        let (_, source) = batch_error(e);
+        wrap("dump", map)(source)
+    }
+}
+
 fn idempotent(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(e) if is_missing(&e) => Ok(()),
@@ -133,10 +197,16 @@ impl LbMaps for KernelMaps {
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapsError> {
-        self.services
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(wrap("dump", kproxy_common::MAP_SERVICES))
+        batch::dump(&self.services).map_err(dump_error(kproxy_common::MAP_SERVICES))
+    }
+
+    fn service_update_batch(
+        &mut self,
+        keys: &[ServiceKey],
+        values: &[ServiceValue],
+    ) -> Result<(), PartialWrite> {
+        batch::update(&self.services, keys, values)
+            .map_err(partial_update(kproxy_common::MAP_SERVICES))
     }
 
     fn backend_update(&mut self, id: u32, value: &Backend) -> Result<(), MapsError> {
@@ -150,10 +220,16 @@ impl LbMaps for KernelMaps {
     }
 
     fn backends(&self) -> Result<Vec<(u32, Backend)>, MapsError> {
-        self.backends
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(wrap("dump", kproxy_common::MAP_BACKENDS))
+        batch::dump(&self.backends).map_err(dump_error(kproxy_common::MAP_BACKENDS))
+    }
+
+    fn backend_update_batch(
+        &mut self,
+        ids: &[u32],
+        values: &[Backend],
+    ) -> Result<(), PartialWrite> {
+        batch::update(&self.backends, ids, values)
+            .map_err(partial_update(kproxy_common::MAP_BACKENDS))
     }
 
     fn affinity_match_update(&mut self, key: AffinityMatchKey) -> Result<(), MapsError> {

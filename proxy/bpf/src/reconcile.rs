@@ -27,7 +27,7 @@
 //! wanted again before its deletion is simply reused.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -42,7 +42,7 @@ use kproxy_model::{
     FrontendKind, IpFamily, ModelDiff, ProxyModel, ServicePort, ServicePortKey, Verdict,
 };
 
-use crate::maps::{LbMaps, MapsError, RangeEntry};
+use crate::maps::{LbMaps, MapsError, PartialWrite, RangeEntry};
 
 /// How long a retired slot or backend stays in its map before deletion.
 pub(crate) const GRACE: Duration = Duration::from_secs(1);
@@ -73,6 +73,37 @@ enum Class {
     External,
     /// `external.cluster_verdict`, for node and pod clients of eTP Local frontends.
     ExternalCluster,
+}
+
+impl Class {
+    const ALL: [Class; 3] = [Class::Internal, Class::External, Class::ExternalCluster];
+}
+
+/// The service ids of one port, by [`Class`]: one lookup by port (no key clone) finds
+/// them all.
+#[derive(Debug, Default, Clone, Copy)]
+struct PortIds([Option<u32>; 3]);
+
+impl PortIds {
+    fn get(self, class: Class) -> Option<u32> {
+        self.0[class as usize]
+    }
+
+    fn set(&mut self, class: Class, id: u32) {
+        self.0[class as usize] = Some(id);
+    }
+
+    fn take(&mut self, class: Class) -> Option<u32> {
+        self.0[class as usize].take()
+    }
+
+    fn ids(self) -> impl Iterator<Item = u32> {
+        self.0.into_iter().flatten()
+    }
+
+    fn is_empty(self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
 }
 
 /// What one frontend entry should hold.
@@ -158,6 +189,13 @@ impl<K: Ord + Copy> Retired<K> {
     }
 }
 
+/// Backends allocated by a sync and not yet written, as the batch write wants them.
+#[derive(Debug, Default)]
+struct NewBackends {
+    ids: Vec<u32>,
+    values: Vec<Backend>,
+}
+
 /// The reconciler: known map content, ownership, id allocation and retirement.
 #[derive(Debug, Default)]
 pub(crate) struct Reconciler {
@@ -182,7 +220,7 @@ pub(crate) struct Reconciler {
     claims: BTreeMap<ServiceKey, BTreeSet<ServicePortKey>>,
     /// What each port wanted at its last sync.
     port_frontends: BTreeMap<ServicePortKey, BTreeSet<ServiceKey>>,
-    service_ids: BTreeMap<(ServicePortKey, Class), u32>,
+    service_ids: BTreeMap<ServicePortKey, PortIds>,
     /// The values of `service_ids`, so adopting a recovered id checks it in O(log n).
     assigned_service_ids: BTreeSet<u32>,
     used_service_ids: BTreeSet<u32>,
@@ -383,7 +421,7 @@ impl Reconciler {
             ..Reconciler::default()
         };
         let entries = maps.services()?;
-        let mut slots: BTreeMap<ServiceKey, u32> = BTreeMap::new();
+        let mut slots: HashMap<ServiceKey, u32> = HashMap::with_capacity(entries.len());
         for (key, value) in &entries {
             if key.slot == 0 {
                 r.frontends.insert(
@@ -407,7 +445,10 @@ impl Reconciler {
                     .push(slots.remove(&slot_key(key, slot)).unwrap_or(0));
             }
         }
-        for key in slots.into_keys() {
+        // In key order, so deletions come in a reproducible order.
+        let mut orphans: Vec<ServiceKey> = slots.into_keys().collect();
+        orphans.sort_unstable();
+        for key in orphans {
             r.retired_slots.retire(key, now);
         }
         for (id, backend) in maps.backends()? {
@@ -602,7 +643,11 @@ impl Reconciler {
         // Service ids: adopt recovered ones by frontend, else allocate.
         for (port, entries) in &desired {
             for (fe, d) in entries {
-                if self.service_ids.contains_key(&(port.clone(), d.class)) {
+                if self
+                    .service_ids
+                    .get(port)
+                    .is_some_and(|ids| ids.get(d.class).is_some())
+                {
                     continue;
                 }
                 let id = match self.recovered_ids.remove(fe) {
@@ -614,47 +659,64 @@ impl Reconciler {
                 };
                 self.used_service_ids.insert(id);
                 self.assigned_service_ids.insert(id);
-                self.service_ids.insert((port.clone(), d.class), id);
+                if let Some(ids) = self.service_ids.get_mut(port) {
+                    ids.set(d.class, id);
+                } else {
+                    let mut ids = PortIds::default();
+                    ids.set(d.class, id);
+                    self.service_ids.insert(port.clone(), ids);
+                }
             }
         }
 
-        // 1. Backends.
+        // 1. Backends, in one batch.
         let mut plans: Vec<(ServiceKey, ServiceValue, Vec<u32>)> = Vec::new();
         let mut plan_ranges: Vec<RangeEntry> = Vec::new();
-        for (fe, owner) in &owners {
-            let d = &desired[owner][fe];
-            let mut ids = Vec::with_capacity(d.backends.len());
-            for b in &d.backends {
-                ids.push(self.backend_id(maps, b, &mut stats)?);
+        let mut new_backends = NewBackends::default();
+        // By port, so each port's ids are looked up once; an entry is planned by its owner
+        // only.
+        for (port, entries) in &desired {
+            let port_ids = self.service_ids.get(port).copied().unwrap_or_default();
+            for (fe, d) in entries {
+                if owners.get(fe) != Some(port) {
+                    continue;
+                }
+                let mut ids = Vec::with_capacity(d.backends.len());
+                for b in &d.backends {
+                    ids.push(self.backend_id(b, &mut new_backends));
+                }
+                #[expect(clippy::cast_possible_truncation, reason = "capped at MAX_SLOTS")]
+                let master = ServiceValue {
+                    target: d.affinity_secs,
+                    count: ids.len() as u16,
+                    flags: d.flags,
+                    service_id: port_ids.get(d.class).expect("assigned above"),
+                };
+                for (len, addr) in &d.ranges {
+                    plan_ranges.push((
+                        *len,
+                        SourceRange {
+                            service_id_be: master.service_id.to_be(),
+                            addr: *addr,
+                        },
+                    ));
+                }
+                plans.push((*fe, master, ids));
             }
-            #[expect(clippy::cast_possible_truncation, reason = "capped at MAX_SLOTS")]
-            let master = ServiceValue {
-                target: d.affinity_secs,
-                count: ids.len() as u16,
-                flags: d.flags,
-                service_id: self.service_ids[&(owner.clone(), d.class)],
-            };
-            for (len, addr) in &d.ranges {
-                plan_ranges.push((
-                    *len,
-                    SourceRange {
-                        service_id_be: master.service_id.to_be(),
-                        addr: *addr,
-                    },
-                ));
-            }
-            plans.push((*fe, master, ids));
         }
         stats.frontends = plans.len();
+        self.write_backends(maps, &new_backends, full, &mut stats)?;
 
         // 2. Affinity-match additions; deletions are collected for step 5.
         let mut wanted_matches: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
         for port in desired.keys() {
-            for ((p, _), id) in self.service_ids.range((port.clone(), Class::Internal)..) {
-                if p != port {
-                    break;
-                }
-                wanted_matches.insert(*id, BTreeSet::new());
+            for id in self
+                .service_ids
+                .get(port)
+                .into_iter()
+                .flat_map(|ids| ids.ids())
+            {
+                wanted_matches.insert(id, BTreeSet::new());
             }
         }
         for (_, master, ids) in &plans {
@@ -703,10 +765,8 @@ impl Reconciler {
             }
         }
 
-        // 3. Slots, then the frontend entry.
-        for (fe, master, ids) in &plans {
-            self.write_frontend(maps, fe, *master, ids, now, &mut stats)?;
-        }
+        // 3. Slots, then the frontend entries (the commit points).
+        self.write_frontends(maps, plans, now, &mut stats)?;
 
         // 4. Entries nobody wants.
         for fe in &touched {
@@ -733,7 +793,11 @@ impl Reconciler {
         // A full sync has seen every port: recovered ids nobody adopted are free again.
         if full {
             self.recovered_ids.clear();
-            self.used_service_ids = self.service_ids.values().copied().collect();
+            self.used_service_ids = self
+                .service_ids
+                .values()
+                .flat_map(|ids| ids.ids())
+                .collect();
         }
 
         // 5. Affinity-match deletions: a full sync checks every entry, a partial one only
@@ -770,13 +834,15 @@ impl Reconciler {
             if model.ports.contains_key(port) {
                 continue;
             }
-            let gone: Vec<(ServicePortKey, Class)> = self
-                .service_ids
-                .range((port.clone(), Class::Internal)..=(port.clone(), Class::ExternalCluster))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in gone {
-                if let Some(id) = self.service_ids.remove(&k) {
+            for class in Class::ALL {
+                let Some(ids) = self.service_ids.get_mut(port) else {
+                    break;
+                };
+                let taken = ids.take(class);
+                if ids.is_empty() {
+                    self.service_ids.remove(port);
+                }
+                if let Some(id) = taken {
                     self.used_service_ids.remove(&id);
                     self.assigned_service_ids.remove(&id);
                     freed_ids.push(id);
@@ -858,76 +924,191 @@ impl Reconciler {
         self.matches.range(first..=last).copied()
     }
 
-    /// The id of a backend, writing it if new and taking it back from retirement.
-    fn backend_id(
-        &mut self,
-        maps: &mut impl LbMaps,
-        backend: &Backend,
-        stats: &mut SyncStats,
-    ) -> Result<u32, MapsError> {
+    /// The id of a backend, taking it back from retirement; a new one is allocated and
+    /// queued in `new` for [`Reconciler::write_backends`].
+    fn backend_id(&mut self, backend: &Backend, new: &mut NewBackends) -> u32 {
         if let Some(id) = self.backend_ids.get(backend) {
             self.retired_backends.revive(id);
-            return Ok(*id);
+            return *id;
         }
         let backends = &self.backends;
         let id = next_free(&mut self.next_backend_id, |id| backends.contains_key(&id));
-        maps.backend_update(id, backend)?;
-        stats.updates += 1;
+        // Known at once, so the same backend wanted twice gets one id and the next
+        // allocation skips it; `write_backends` forgets those it could not write.
         self.backends.insert(id, *backend);
         self.backend_ids.insert(*backend, id);
-        // Unreferenced until its slot is written; if that never happens, step 6 retires it.
-        self.unreferenced.insert(id);
-        Ok(id)
+        new.ids.push(id);
+        new.values.push(*backend);
+        id
     }
 
-    fn write_frontend(
+    /// Writes the backends `backend_id` allocated, in one batch.
+    fn write_backends(
         &mut self,
         maps: &mut impl LbMaps,
-        fe: &ServiceKey,
-        master: ServiceValue,
-        ids: &[u32],
+        new: &NewBackends,
+        full: bool,
+        stats: &mut SyncStats,
+    ) -> Result<(), MapsError> {
+        if new.ids.is_empty() {
+            return Ok(());
+        }
+        // Unreferenced until a slot is written; if that never happens, step 6 retires
+        // them. A full sync's step 6 looks at every backend anyway.
+        match maps.backend_update_batch(&new.ids, &new.values) {
+            Ok(()) => {
+                stats.updates += new.ids.len();
+                if !full {
+                    self.unreferenced.extend(new.ids.iter().copied());
+                }
+                Ok(())
+            }
+            Err(PartialWrite { done, error }) => {
+                stats.updates += done;
+                self.unreferenced.extend(new.ids[..done].iter().copied());
+                for (id, backend) in new.ids.iter().zip(&new.values).skip(done) {
+                    self.backends.remove(id);
+                    self.backend_ids.remove(backend);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Step 3 for every planned frontend: the slots that change, in one batch, then the
+    /// frontend entries that change, in one batch. Slots never share a batch with a
+    /// frontend entry, so every entry is written after every slot it counts.
+    fn write_frontends(
+        &mut self,
+        maps: &mut impl LbMaps,
+        plans: Vec<(ServiceKey, ServiceValue, Vec<u32>)>,
         now: Instant,
         stats: &mut SyncStats,
     ) -> Result<(), MapsError> {
-        let old = self.frontends.get(fe).cloned();
-        let old_slots = old.as_ref().map(|w| w.slots.clone()).unwrap_or_default();
-        for (i, id) in ids.iter().enumerate() {
-            #[expect(clippy::cast_possible_truncation, reason = "capped at MAX_SLOTS")]
-            let key = slot_key(fe, i as u16 + 1);
-            if old_slots.get(i) != Some(id) || self.retired_slots.contains(&key) {
-                maps.service_update(
-                    &key,
-                    &ServiceValue {
+        let mut slot_keys = Vec::new();
+        let mut slot_values = Vec::new();
+        let mut master_keys = Vec::new();
+        let mut master_values = Vec::new();
+        for (fe, master, ids) in &plans {
+            let old = self.frontends.get(fe);
+            let old_slots = old.map_or(&[][..], |w| w.slots.as_slice());
+            for (i, id) in ids.iter().enumerate() {
+                #[expect(clippy::cast_possible_truncation, reason = "capped at MAX_SLOTS")]
+                let key = slot_key(fe, i as u16 + 1);
+                if old_slots.get(i) != Some(id) || self.retired_slots.contains(&key) {
+                    slot_keys.push(key);
+                    slot_values.push(ServiceValue {
                         target: *id,
                         count: 0,
                         flags: 0,
                         service_id: master.service_id,
-                    },
-                )?;
-                stats.updates += 1;
-                self.retired_slots.revive(&key);
+                    });
+                }
+            }
+            if old.map(|w| w.master) != Some(*master) {
+                master_keys.push(*fe);
+                master_values.push(*master);
             }
         }
-        if old.as_ref().map(|w| w.master) != Some(master) {
-            maps.service_update(fe, &master)?;
-            stats.updates += 1;
+
+        if !slot_keys.is_empty() {
+            if let Err(PartialWrite { done, error }) =
+                maps.service_update_batch(&slot_keys, &slot_values)
+            {
+                stats.updates += done;
+                for (key, value) in slot_keys.iter().zip(&slot_values).take(done) {
+                    self.note_slot(*key, value.target, now);
+                }
+                return Err(error);
+            }
+            stats.updates += slot_keys.len();
+            if self.retired_slots.len() > 0 {
+                for key in &slot_keys {
+                    self.retired_slots.revive(key);
+                }
+            }
         }
+
+        let mut failed: Option<MapsError> = None;
+        let mut unwritten: HashSet<ServiceKey> = HashSet::new();
+        if !master_keys.is_empty() {
+            match maps.service_update_batch(&master_keys, &master_values) {
+                Ok(()) => stats.updates += master_keys.len(),
+                Err(PartialWrite { done, error }) => {
+                    stats.updates += done;
+                    unwritten.extend(master_keys[done..].iter().copied());
+                    failed = Some(error);
+                }
+            }
+        }
+        for (fe, master, ids) in plans {
+            if !unwritten.contains(&fe) {
+                self.commit_frontend(fe, master, ids, now);
+            }
+        }
+        match failed {
+            None => Ok(()),
+            Some(error) => {
+                // Their slots are written although their entries are not.
+                for (key, value) in slot_keys.iter().zip(&slot_values) {
+                    if unwritten.contains(&slot_key(key, 0)) {
+                        self.note_slot(*key, value.target, now);
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Records a frontend entry written (or unchanged) with the slots `ids`.
+    fn commit_frontend(
+        &mut self,
+        fe: ServiceKey,
+        master: ServiceValue,
+        ids: Vec<u32>,
+        now: Instant,
+    ) {
+        if self
+            .frontends
+            .get(&fe)
+            .is_some_and(|w| w.master == master && w.slots == ids)
+        {
+            // Unchanged: its references and retirements stay as they are.
+            return;
+        }
+        let old_slots = self
+            .frontends
+            .remove(&fe)
+            .map(|w| w.slots)
+            .unwrap_or_default();
         for i in ids.len()..old_slots.len() {
             #[expect(clippy::cast_possible_truncation, reason = "slots are u16")]
-            self.retired_slots.retire(slot_key(fe, i as u16 + 1), now);
+            self.retired_slots.retire(slot_key(&fe, i as u16 + 1), now);
         }
-        for id in ids {
+        for id in &ids {
             *self.backend_refs.entry(*id).or_default() += 1;
         }
         self.release_refs(&old_slots);
-        self.frontends.insert(
-            *fe,
-            Written {
-                master,
-                slots: ids.to_vec(),
-            },
-        );
-        Ok(())
+        self.frontends.insert(fe, Written { master, slots: ids });
+    }
+
+    /// Records a slot written whose frontend entry was not (its write failed or never
+    /// came), so the known state stays exactly the map's.
+    fn note_slot(&mut self, key: ServiceKey, id: u32, now: Instant) {
+        let index = usize::from(key.slot) - 1;
+        match self.frontends.get_mut(&slot_key(&key, 0)) {
+            Some(w) if index < w.slots.len() => {
+                let old = std::mem::replace(&mut w.slots[index], id);
+                // Counted by a written entry: never deleted from under it.
+                self.retired_slots.revive(&key);
+                *self.backend_refs.entry(id).or_default() += 1;
+                self.release_refs(&[old]);
+            }
+            // Beyond the count the map's entry has: no reader reaches it. Retired, it is
+            // deleted after the grace period unless a later sync writes it again (a
+            // retired slot is always rewritten) and commits it.
+            _ => self.retired_slots.retire(key, now),
+        }
     }
 
     fn remove_frontend(
@@ -1653,6 +1834,68 @@ mod tests {
         for (k, v) in masters(&maps) {
             assert_resolvable(&maps, &k, &v, "after recovery");
         }
+    }
+
+    /// A sync that stops at any element (a batch the kernel applied part way) leaves the
+    /// known state exactly the maps' content: slots written without their frontend entry
+    /// are known (and deleted after the grace period if never committed), backends not
+    /// written are forgotten. Readers never miss, and later syncs leave nothing behind.
+    #[test]
+    fn a_batch_stopped_part_way_leaves_the_known_state_exact() {
+        let m1 = model((1..=4).map(|i| port(&format!("s{i}"), i, &[i, i + 10])));
+        // s1 grows, s2 changes a backend, s3 shrinks, s4 goes, s5 is new.
+        let m2 = model([
+            port("s1", 1, &[1, 11, 21, 31]),
+            port("s2", 2, &[42, 12]),
+            port("s3", 3, &[3]),
+            port("s5", 5, &[5, 15]),
+        ]);
+        let m3 = model([port("s5", 5, &[5])]);
+        let (mut clean, mut rc, now) = start();
+        rc.sync_full(&mut clean, &m3, now).unwrap();
+
+        let mut fail_at = 0;
+        loop {
+            let (mut maps, mut r, now) = start();
+            r.sync_full(&mut maps, &m1, now).unwrap();
+            let before = maps.clone();
+            maps.fail_after = Some(fail_at);
+            let failed = r.sync_full(&mut maps, &m2, now).is_err();
+            maps.fail_after = None;
+            assert_no_reader_misses(&before, &maps);
+
+            let found = Reconciler::recover(&maps, now).unwrap();
+            assert_eq!(
+                r.frontends, found.frontends,
+                "frontends, failing at {fail_at}"
+            );
+            assert_eq!(r.backends, found.backends, "backends, failing at {fail_at}");
+            for key in maps.services.keys().filter(|k| k.slot != 0) {
+                let counted = r
+                    .frontends
+                    .get(&slot_key(key, 0))
+                    .is_some_and(|w| usize::from(key.slot) <= w.slots.len());
+                assert!(
+                    counted || r.retired_slots.contains(key),
+                    "slot {key:?} unknown, failing at {fail_at}"
+                );
+            }
+
+            r.sync_full(&mut maps, &m3, now).unwrap();
+            r.sync_full(&mut maps, &m3, now + GRACE).unwrap();
+            let keys = |m: &FakeMaps| m.services.keys().copied().collect::<BTreeSet<_>>();
+            assert_eq!(keys(&maps), keys(&clean), "services, failing at {fail_at}");
+            assert_eq!(
+                maps.backends.len(),
+                clean.backends.len(),
+                "backends, failing at {fail_at}"
+            );
+            if !failed {
+                break;
+            }
+            fail_at += 1;
+        }
+        assert!(fail_at > 10, "every step of the sync was cut: {fail_at}");
     }
 
     /// Another port of `base`'s Service: same ClusterIP, its own port number and protocol.

@@ -450,12 +450,9 @@ fn health_check_node_ports_health_metrics_and_sigterm() {
     world.close().expect("clean lab");
 }
 
-#[test]
-#[ignore = "needs root: run through cargo xtask test"]
-#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
-fn dump_matches_the_traffic_and_cleanup_removes_every_table() {
-    assert_root();
-    let world = World::new("opsdump", kproxy(), Mode::Nftables).expect("lab");
+/// The Services both dump tests program: two endpoints on two nodes, none, and a NodePort
+/// with eTP Local whose only endpoint is on node b.
+fn dump_services(world: &World) -> String {
     let svc = |name: &str, ip: &str, extra: &str| {
         format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ops}}\nspec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n{extra}  ports:\n  - {{name: http, port: 80, protocol: TCP, targetPort: {TCP_PORT}{}}}\n",
@@ -466,17 +463,27 @@ fn dump_matches_the_traffic_and_cleanup_removes_every_table() {
             }
         )
     };
-    let manifests = nodes_yaml(&world, "")
+    nodes_yaml(world, "")
         + &svc("two", "198.51.100.21", "")
-        + &slice_yaml(&world, "two", &[ready("a-ep1"), ready("b-ep1")], None)
+        + &slice_yaml(world, "two", &[ready("a-ep1"), ready("b-ep1")], None)
         + &svc("none", "198.51.100.22", "")
         + &svc(
             "local",
             "198.51.100.23",
             "  type: NodePort\n  externalTrafficPolicy: Local\n",
         )
-        + &slice_yaml(&world, "local", &[ready("b-ep1")], None);
-    world.write_manifest("svc.yaml", &manifests).unwrap();
+        + &slice_yaml(world, "local", &[ready("b-ep1")], None)
+}
+
+#[test]
+#[ignore = "needs root: run through cargo xtask test"]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn dump_matches_the_traffic_and_cleanup_removes_every_table() {
+    assert_root();
+    let world = World::new("opsdump", kproxy(), Mode::Nftables).expect("lab");
+    world
+        .write_manifest("svc.yaml", &dump_services(&world))
+        .unwrap();
     world
         .start_agents(&["--cluster-cidr", "100.64.0.0/16"])
         .expect("agents");
@@ -668,27 +675,9 @@ fn programs_on(world: &World, n: &str) -> (u32, u32) {
 fn ebpf_dump_matches_the_traffic_and_cleanup_detaches_and_unpins_everything() {
     assert_root();
     let world = World::new("opsbpf", kproxy(), Mode::Ebpf).expect("lab");
-    let svc = |name: &str, ip: &str, extra: &str| {
-        format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ops}}\nspec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n{extra}  ports:\n  - {{name: http, port: 80, protocol: TCP, targetPort: {TCP_PORT}{}}}\n",
-            if extra.is_empty() {
-                ""
-            } else {
-                ", nodePort: 31081"
-            }
-        )
-    };
-    let manifests = nodes_yaml(&world, "")
-        + &svc("two", "198.51.100.21", "")
-        + &slice_yaml(&world, "two", &[ready("a-ep1"), ready("b-ep1")], None)
-        + &svc("none", "198.51.100.22", "")
-        + &svc(
-            "local",
-            "198.51.100.23",
-            "  type: NodePort\n  externalTrafficPolicy: Local\n",
-        )
-        + &slice_yaml(&world, "local", &[ready("b-ep1")], None);
-    world.write_manifest("svc.yaml", &manifests).unwrap();
+    world
+        .write_manifest("svc.yaml", &dump_services(&world))
+        .unwrap();
     world
         .start_agents(&["--cluster-cidr", "100.64.0.0/16"])
         .expect("agents");

@@ -128,7 +128,12 @@ impl FakeTable {
             Op::AddElements(_, s, els) => self.add_elements(op, s, els)?,
             Op::AddSharedElements(_, s, lists) => {
                 for els in lists {
-                    self.add_elements(op, s, els)?;
+                    let els: Vec<Element> = els
+                        .iter()
+                        .flat_map(crate::ir::EndpointList::slots)
+                        .map(crate::ir::EndpointSlot::element)
+                        .collect();
+                    self.add_elements(op, s, &els)?;
                 }
             }
             Op::DeleteElements(_, s, els) => {

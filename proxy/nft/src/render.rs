@@ -14,8 +14,8 @@ use kproxy_model::{
 
 use crate::{
     ir::{
-        CmpOp, CtKey, ElemData, Element, Expr, Family, FibOn, Field, MetaKey, Name, NatKind, Reg,
-        RejectKind, Rule, Set, Value, Verdict,
+        CmpOp, CtKey, ElemData, Element, EndpointList, Expr, Family, FibOn, Field, MetaKey, Name,
+        NatKind, Reg, RejectKind, Rule, Set, Value, Verdict,
     },
     layout::{self, FixedSet, SHORTCUT_LIST_OFFSET},
     names,
@@ -169,7 +169,7 @@ pub(crate) struct PortRender {
     pub(crate) elements: Vec<(SetRef, Element)>,
     /// Elements of `@endpoints`, shared with a full sync's transaction (which would
     /// otherwise copy nearly all of its elements).
-    pub(crate) endpoints: Arc<Vec<Element>>,
+    pub(crate) endpoints: Arc<[EndpointList]>,
     /// Own chains in creation order (referenced chains first).
     pub(crate) chains: Vec<OwnChain>,
     /// Own dynamic sets (affinity).
@@ -265,9 +265,6 @@ pub(crate) fn render_port(
                         comment: Some(comment.clone()),
                     };
                     out.elements.push((SetRef::Class(plan.spec.clone()), el));
-                    if endpoints.is_empty() {
-                        endpoints.reserve(port.frontends.len() * port.endpoints.len());
-                    }
                     endpoint_elements(key, plan.primary.as_deref(), 0, &mut endpoints);
                     endpoint_elements(
                         key,
@@ -279,7 +276,9 @@ pub(crate) fn render_port(
             }
         }
     }
-    out.endpoints = Arc::new(endpoints);
+    out.endpoints = Arc::from(endpoints);
+    // Kept for as long as the port is programmed: no spare capacity.
+    out.elements.shrink_to_fit();
     hairpin_elements(fam, port, &mut out);
     if let Some(timeout) = affinity {
         affinity_lists.render(fam, mark, port, timeout, &mut out);
@@ -427,16 +426,19 @@ fn endpoint_elements(
     key: FrontendKey,
     list: Option<&[&Endpoint]>,
     offset: u32,
-    out: &mut Vec<Element>,
+    out: &mut Vec<EndpointList>,
 ) {
-    for (i, ep) in (0u32..).zip(list.unwrap_or_default()) {
-        let slot = offset + i;
-        let el = Element {
-            key: Value::FrontendSlot(key.0, key.1, key.2, slot),
-            data: Some(ElemData::Value(Value::AddrPort(ep.ip, ep.port))),
-            comment: None,
-        };
-        out.push(el);
+    let targets: Box<[(IpAddr, u16)]> = list
+        .unwrap_or_default()
+        .iter()
+        .map(|ep| (ep.ip, ep.port))
+        .collect();
+    if !targets.is_empty() {
+        out.push(EndpointList {
+            frontend: key,
+            offset,
+            targets,
+        });
     }
 }
 

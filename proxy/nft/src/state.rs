@@ -16,7 +16,9 @@ use kproxy_model::{IpFamily, ModelDiff, ProxyModel, ServicePort, ServicePortKey}
 
 use crate::{
     hash::{FastMap, FastSet},
-    ir::{Chain, Element, Family, Name, Op, Rule, Set, Transaction, Value},
+    ir::{
+        Chain, Element, EndpointList, EndpointSlot, Family, Name, Op, Rule, Set, Transaction, Value,
+    },
     layout::{self, BASE_CHAINS, FixedSet, REJECT_CHAIN, SERVICES},
     render::{self, ClassSpec, FrontendKey, OwnChain, PortRender, SetRef},
 };
@@ -141,7 +143,7 @@ struct Phases {
 struct ElementOps {
     fixed: [Vec<Element>; FixedSet::ALL.len()],
     /// Whole endpoint lists of ports, shared with their renders (adds only).
-    endpoint_lists: Vec<Arc<Vec<Element>>>,
+    endpoint_lists: Vec<Arc<[EndpointList]>>,
     /// Class sets, by name.
     named: FastMap<Name, Vec<Element>>,
 }
@@ -156,7 +158,10 @@ impl ElementOps {
     }
 
     fn shared_endpoints(&self) -> usize {
-        self.endpoint_lists.iter().map(|l| l.len()).sum()
+        self.endpoint_lists
+            .iter()
+            .map(|l| crate::ir::endpoint_count(l))
+            .sum()
     }
 
     /// Number of elements for the set called `name`.
@@ -374,10 +379,10 @@ impl FamilyState {
             },
         ));
         let mut ph = Phases::default();
-        let states = self.render_all(ports);
+        let chunks = self.render_all(ports);
         // Size the element vectors once: they hold over a million elements at 100k services.
         let mut counts = [0usize; FixedSet::ALL.len()];
-        for st in &states {
+        for st in chunks.iter().flatten() {
             for (set, _) in &st.render.elements {
                 if let SetRef::Fixed(s) = set {
                     counts[*s as usize] += 1;
@@ -387,9 +392,9 @@ impl FamilyState {
         for (s, n) in FixedSet::ALL.into_iter().zip(counts) {
             ph.adds.fixed_mut(s).reserve(n);
         }
-        self.ports.reserve(states.len());
+        self.ports.reserve(chunks.iter().map(Vec::len).sum());
         let empty = PortRender::default();
-        for st in states {
+        for st in chunks.into_iter().flatten() {
             self.account(&empty, &st.render, &mut ph);
             self.ports.insert(st.key.clone(), st);
         }
@@ -414,11 +419,12 @@ impl FamilyState {
     /// Renders every port of a full sync. Rendering is pure and reads only the claims, so
     /// big models are split over a few threads: at 100k services it is most of the
     /// sync's own (non-kernel) time. Ports keep their order, so the transaction is the
-    /// same however it was split.
+    /// same however it was split. The renders come back in the threads' chunks: joining
+    /// them into one vector would hold every render twice for a moment.
     fn render_all(
         &self,
         ports: Vec<(Arc<ServicePortKey>, &ServicePort, Vec<FrontendKey>)>,
-    ) -> Vec<PortState> {
+    ) -> Vec<Vec<PortState>> {
         let render = |(key, p, claims): (Arc<ServicePortKey>, &ServicePort, Vec<FrontendKey>)| {
             self.warn_duplicates(&key, &claims);
             PortState {
@@ -429,7 +435,7 @@ impl FamilyState {
         };
         let threads = self.render_threads;
         if threads < 2 || ports.len() < PARALLEL_RENDER_MIN {
-            return ports.into_iter().map(render).collect();
+            return vec![ports.into_iter().map(render).collect()];
         }
         let total = ports.len();
         let chunk = total.div_ceil(threads);
@@ -454,14 +460,13 @@ impl FamilyState {
                     })
                 })
                 .collect();
-            let mut states = Vec::with_capacity(total);
-            for w in workers {
-                match w.join() {
-                    Ok(part) => states.extend(part),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            states
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
         })
     }
 
@@ -588,9 +593,12 @@ impl FamilyState {
             for item in &old.elements {
                 self.element_change(item, false, ph);
             }
-            ph.deletes
-                .fixed_mut(FixedSet::Endpoints)
-                .extend(old.endpoints.iter().cloned());
+            ph.deletes.fixed_mut(FixedSet::Endpoints).extend(
+                old.endpoints
+                    .iter()
+                    .flat_map(EndpointList::slots)
+                    .map(EndpointSlot::element),
+            );
             for item in &new.elements {
                 self.element_change(item, true, ph);
             }
@@ -600,14 +608,27 @@ impl FamilyState {
             Self::own_objects(old, new, ph);
             return;
         }
-        let old_eps: FastSet<&Element> = old.endpoints.iter().collect();
-        let new_eps: FastSet<&Element> = new.endpoints.iter().collect();
-        let gone = old.endpoints.iter().filter(|e| !new_eps.contains(e));
+        let slots = |r: &PortRender| -> FastSet<EndpointSlot> {
+            r.endpoints.iter().flat_map(EndpointList::slots).collect()
+        };
+        let (old_eps, new_eps) = (slots(old), slots(new));
+        // In list order, so the transaction does not depend on hashing.
+        let gone = old
+            .endpoints
+            .iter()
+            .flat_map(EndpointList::slots)
+            .filter(|e| !new_eps.contains(e));
         ph.deletes
             .fixed_mut(FixedSet::Endpoints)
-            .extend(gone.cloned());
-        let came = new.endpoints.iter().filter(|e| !old_eps.contains(e));
-        ph.adds.fixed_mut(FixedSet::Endpoints).extend(came.cloned());
+            .extend(gone.map(EndpointSlot::element));
+        let came = new
+            .endpoints
+            .iter()
+            .flat_map(EndpointList::slots)
+            .filter(|e| !old_eps.contains(e));
+        ph.adds
+            .fixed_mut(FixedSet::Endpoints)
+            .extend(came.map(EndpointSlot::element));
         let old_set: FastSet<&(SetRef, Element)> = old.elements.iter().collect();
         let new_set: FastSet<&(SetRef, Element)> = new.elements.iter().collect();
         for item in &old.elements {
@@ -815,5 +836,18 @@ mod tests {
         // ClusterIP, class element and two endpoints per port.
         assert_eq!(one.element_count(), ports * 4);
         assert!(one == three, "parallel rendering changed the transaction");
+    }
+
+    /// The state keeps a million endpoint elements at 100k services: what it stores per
+    /// element must stay far under the general element's size, or the point is lost.
+    #[test]
+    fn endpoint_targets_are_compact() {
+        let target = std::mem::size_of::<(std::net::IpAddr, u16)>();
+        let element = std::mem::size_of::<Element>();
+        assert!(
+            target * 4 <= element,
+            "endpoint target {target} bytes, element {element} bytes"
+        );
+        assert!(target <= 20, "endpoint target {target} bytes");
     }
 }

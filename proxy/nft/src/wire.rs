@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use crate::{
     ir::{
-        Chain, CmpOp, CtKey, DataType, ElemData, Element, Expr, Family, FibOn, MetaKey, NatKind,
-        Op, RejectKind, Rule, Set, SetData, Transaction, Value, Verdict,
+        Chain, CmpOp, CtKey, DataType, ElemData, Element, EndpointList, EndpointSlot, Expr, Family,
+        FibOn, MetaKey, NatKind, Op, RejectKind, Rule, Set, SetData, Transaction, Value, Verdict,
     },
     layout::TABLE,
 };
@@ -401,7 +401,11 @@ impl BatchEncoder {
                 self.elements(index, fam, MsgType::NewSetElem, set, elems.iter());
             }
             Op::AddSharedElements(_, set, lists) => {
-                let elems = lists.iter().flat_map(|l| l.iter());
+                let elems = lists
+                    .iter()
+                    .flat_map(|l| l.iter())
+                    .flat_map(EndpointList::slots)
+                    .map(EndpointSlot::element);
                 self.elements(index, fam, MsgType::NewSetElem, set, elems);
             }
             Op::DeleteElements(_, set, elems) => {
@@ -503,13 +507,13 @@ impl BatchEncoder {
     }
 
     /// Element messages: as many elements per message as fit one nested attribute.
-    fn elements<'e>(
+    fn elements<E: std::borrow::Borrow<Element>>(
         &mut self,
         index: usize,
         fam: Family,
         t: MsgType,
         set: &str,
-        elems: impl Iterator<Item = &'e Element>,
+        elems: impl Iterator<Item = E>,
     ) {
         let add = matches!(t, MsgType::NewSetElem);
         let flags = if add { NLM_F_CREATE } else { 0 };
@@ -522,7 +526,7 @@ impl BatchEncoder {
             let list = self.w.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
             while self.w.buf.len() - list <= ELEMENT_BYTES_PER_MSG {
                 let Some(e) = elems.next() else { break };
-                self.element(e, add, &mut scratch);
+                self.element(e.borrow(), add, &mut scratch);
             }
             self.w.end_nest(list);
             self.w.end_msg(m);
